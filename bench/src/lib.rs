@@ -1,0 +1,1 @@
+//! Shared helpers for the benches: synthetic policies of a given size.
