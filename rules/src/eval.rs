@@ -33,6 +33,16 @@ impl Protocol {
         }
     }
 
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Icmp => "ICMP",
+            Self::Http => "HTTP",
+            Self::Https => "HTTPS",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s.to_ascii_lowercase().as_str() {
             "tcp" => Self::Tcp,

@@ -11,12 +11,12 @@ pub mod diag;
 pub mod eval;
 pub mod fqdn;
 pub mod fqdn_tags;
-// pub mod import;
+pub mod import;
 pub mod policy;
 pub mod port;
 pub mod source;
 pub mod threat;
-// pub mod yaml_emit;
+pub mod yaml_emit;
 
 pub use compile::{FsLoader, Invalid, Loaded, Loader, MemLoader, load, load_str};
 pub use decode::{Action, AppProtocol, NatTarget, ThreatIntelMode};
