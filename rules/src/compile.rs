@@ -301,7 +301,7 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
     let network_rules = nat.len()..nat.len() + net.len();
     let application_rules = network_rules.end..network_rules.end + app.len();
     let rules: Vec<Rule> = nat.into_iter().chain(net).chain(app).collect();
-    Policy {
+    let mut policy = Policy {
         name,
         sources: SourceMap::default(),
         threat_intel: ThreatIntel { mode, allow_ips: AddrSet::from_ranges(allow_ips), allow_fqdns },
@@ -313,7 +313,10 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
         nat_rules,
         network_rules,
         application_rules,
-    }
+        app_ports: BTreeMap::new(),
+    };
+    policy.app_ports = policy.compute_application_ports();
+    policy
 }
 
 fn check_unique_groups(d: &mut Diags, doc: &PolicyDoc) {

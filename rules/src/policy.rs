@@ -157,6 +157,8 @@ pub struct Policy {
     pub nat_rules: std::ops::Range<usize>,
     pub network_rules: std::ops::Range<usize>,
     pub application_rules: std::ops::Range<usize>,
+    /// TCP ports of application rules, computed once (the data plane passes them to the proxy).
+    pub(crate) app_ports: BTreeMap<u16, Vec<AppProtocol>>,
 }
 
 impl Policy {
@@ -170,7 +172,11 @@ impl Policy {
     }
 
     /// TCP ports the application proxy must intercept, with the protocol expected on each.
-    pub fn application_ports(&self) -> BTreeMap<u16, Vec<AppProtocol>> {
+    pub fn application_ports(&self) -> &BTreeMap<u16, Vec<AppProtocol>> {
+        &self.app_ports
+    }
+
+    pub(crate) fn compute_application_ports(&self) -> BTreeMap<u16, Vec<AppProtocol>> {
         let mut out: BTreeMap<u16, Vec<AppProtocol>> = BTreeMap::new();
         for r in &self.rules[self.application_rules.clone()] {
             if let RuleKind::Application(a) = &r.kind {
