@@ -198,11 +198,10 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
     let mut allow_fqdns = Vec::new();
     for (path, doc) in chain {
         if let Some(m) = &doc.threat_intel_mode {
-            if let Some((parent_mode, parent)) = &inherited {
-                if m.value < *parent_mode {
+            if let Some((parent_mode, parent)) = &inherited
+                && m.value < *parent_mode {
                     d.error(m.loc, format!("threatIntelMode {:?} is weaker than {:?} in base policy {parent}; a child policy may only keep or tighten it", m.value, parent_mode));
                 }
-            }
             mode = m.value;
             inherited = Some((m.value, stem(path)));
         }
@@ -431,15 +430,14 @@ fn rule_kind(
         }
         RuleBody::Nat { protocols, source, destinations, port, translated, translated_port } => {
             let any = protocols.contains(&IpProtocol::Any);
-            if let Some(a) = appliance {
-                if !a.snat_addresses.is_empty() {
+            if let Some(a) = appliance
+                && !a.snat_addresses.is_empty() {
                     for dst in destinations {
                         if !a.snat_addresses.contains(dst) {
                             d.warn(at, format!("NAT rule destination {dst} is not one of appliance.snatAddresses; inbound traffic to it will not reach the rule"));
                         }
                     }
                 }
-            }
             RuleKind::Nat(NatRule {
                 tcp: any || protocols.contains(&IpProtocol::Tcp),
                 udp: any || protocols.contains(&IpProtocol::Udp),

@@ -459,13 +459,12 @@ fn interface_name(d: &mut Diags, node: &Node, what: &str) -> Option<String> {
 fn appliance(d: &mut Diags, node: &Node) -> Option<ApplianceDoc> {
     let mut f = Fields::of(d, node, "`appliance`")?;
     let mut a = ApplianceDoc { loc: node.loc, ..Default::default() };
-    if let Some(n) = f.require(d, "interfaces") {
-        if let Some(mut i) = Fields::of(d, n, "`appliance.interfaces`") {
+    if let Some(n) = f.require(d, "interfaces")
+        && let Some(mut i) = Fields::of(d, n, "`appliance.interfaces`") {
             a.internal = i.require(d, "internal").and_then(|n| interface_name(d, n, "interfaces.internal"));
             a.external = i.get("external").and_then(|n| interface_name(d, n, "interfaces.external"));
             i.finish(d, &[]);
         }
-    }
     for n in list(d, f.get("snatAddresses"), "snatAddresses") {
         if let Some(ip) = ipv4(d, n, "each snatAddresses entry") {
             a.snat_addresses.push(Spanned { value: ip, loc: n.loc });
@@ -491,8 +490,8 @@ fn policy(d: &mut Diags, node: &Node) -> Option<PolicyDoc> {
         let modes = [("Off", ThreatIntelMode::Off), ("Alert", ThreatIntelMode::Alert), ("Deny", ThreatIntelMode::Deny)];
         one_of(d, n, "threatIntelMode", &modes).map(|value| Spanned { value, loc: n.loc })
     });
-    if let Some(n) = f.get("threatIntelWhitelist") {
-        if let Some(mut w) = Fields::of(d, n, "`threatIntelWhitelist`") {
+    if let Some(n) = f.get("threatIntelWhitelist")
+        && let Some(mut w) = Fields::of(d, n, "`threatIntelWhitelist`") {
             p.ti_allow_ips = addresses(d, w.get("ipAddresses"), "threatIntelWhitelist.ipAddresses");
             for s in string_list(d, w.get("fqdns"), "threatIntelWhitelist.fqdns") {
                 match FqdnPattern::parse(&s.value) {
@@ -502,9 +501,8 @@ fn policy(d: &mut Diags, node: &Node) -> Option<PolicyDoc> {
             }
             w.finish(d, &[]);
         }
-    }
-    if let Some(n) = f.get("dnsSettings") {
-        if let Some(mut s) = Fields::of(d, n, "`dnsSettings`") {
+    if let Some(n) = f.get("dnsSettings")
+        && let Some(mut s) = Fields::of(d, n, "`dnsSettings`") {
             let mut dns = DnsDoc { loc: n.loc, ..Default::default() };
             dns.enable_proxy = s.get("enableProxy").and_then(|n| boolean(d, n, "enableProxy"));
             if let Some(list_node) = s.get("servers") {
@@ -519,9 +517,8 @@ fn policy(d: &mut Diags, node: &Node) -> Option<PolicyDoc> {
             s.finish(d, &[]);
             p.dns = Some(dns);
         }
-    }
-    if let Some(n) = f.get("snat") {
-        if let Some(mut s) = Fields::of(d, n, "`snat`") {
+    if let Some(n) = f.get("snat")
+        && let Some(mut s) = Fields::of(d, n, "`snat`") {
             let mut snat = SnatDoc { loc: n.loc, ..Default::default() };
             if let Some(ranges) = s.get("privateRanges") {
                 let mut out = Vec::new();
@@ -543,7 +540,6 @@ fn policy(d: &mut Diags, node: &Node) -> Option<PolicyDoc> {
             s.finish(d, &[]);
             p.snat = Some(snat);
         }
-    }
     if let Some(n) = f.get("ipGroups") {
         match &n.value {
             Value::Map(entries) => {

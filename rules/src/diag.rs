@@ -102,7 +102,7 @@ impl Diags {
     /// Resolves file names; sorted by file, then position, errors before warnings at one spot.
     pub fn resolve(self, sources: &SourceMap) -> Vec<Diagnostic> {
         let mut items = self.items;
-        items.sort_by(|a, b| (a.1.file.0, a.1.pos, a.0).cmp(&(b.1.file.0, b.1.pos, b.0)));
+        items.sort_by_key(|a| (a.1.file.0, a.1.pos, a.0));
         items.dedup();
         items
             .into_iter()

@@ -51,15 +51,13 @@ pub fn to_yaml_with_comments<S: AsRef<str>>(comments: &[S], value: &Value) -> St
     }
     match value {
         Value::Object(map) if !map.is_empty() => write_map(&mut out, map, 0, false),
-        Value::Array(items) if !items.is_empty() => {
-            match flow_seq(items, 0) {
-                Some(flow) => {
-                    out.push_str(&flow);
-                    out.push('\n');
-                }
-                None => write_seq(&mut out, items, 0, false),
+        Value::Array(items) if !items.is_empty() => match flow_seq(items, 0) {
+            Some(flow) => {
+                out.push_str(&flow);
+                out.push('\n');
             }
-        }
+            None => write_seq(&mut out, items, 0, false),
+        },
         other => {
             out.push_str(&inline_node(other, false));
             out.push('\n');
@@ -217,8 +215,9 @@ fn plain_ok(s: &str, flow: bool) -> bool {
     if s.chars().any(needs_escape) {
         return false;
     }
-    // In flow context, indicators end a plain scalar; `:` is also risky for YAML 1.1 readers.
-    if flow && s.chars().any(|c| ",[]{}:#".contains(c)) {
+    // In flow context, indicators end a plain scalar; `:` is also risky for YAML 1.1 readers,
+    // and yaml-rust2 rejects a word `-` right before the closing `]` or `,`.
+    if flow && (s.chars().any(|c| ",[]{}:#".contains(c)) || s.ends_with('-')) {
         return false;
     }
     !looks_like_non_string(s)
@@ -537,7 +536,10 @@ policy:
         let items: Vec<String> = (0..20).map(|i| format!("host{i}.example.com")).collect();
         let v = json!({ "targetFqdns": items });
         let text = round_trip(&v);
-        assert!(text.starts_with("targetFqdns:\n  - host0.example.com\n"), "{text}");
+        assert!(
+            text.starts_with("targetFqdns:\n  - host0.example.com\n"),
+            "{text}"
+        );
         for line in text.lines() {
             assert!(line.chars().count() <= MAX_WIDTH, "{line}");
         }
@@ -563,9 +565,10 @@ policy:
     #[test]
     fn deterministic_pseudo_random_strings_round_trip() {
         // A tiny LCG over an alphabet of YAML-significant characters.
-        let alphabet: Vec<char> = " -?:,[]{}#&*!|>'\"%@`\\\t\n.0123456789eE+_xyzTtrue~\u{85}\u{2028}é"
-            .chars()
-            .collect();
+        let alphabet: Vec<char> =
+            " -?:,[]{}#&*!|>'\"%@`\\\t\n.0123456789eE+_xyzTtrue~\u{85}\u{2028}é"
+                .chars()
+                .collect();
         let mut state: u64 = 0x5eed;
         for _ in 0..3000 {
             state = state
