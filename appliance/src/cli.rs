@@ -152,8 +152,11 @@ pub fn load_or_report(path: &Path) -> Option<portcullis_rules::Loaded> {
 }
 
 pub fn summary(policy: &portcullis_rules::Policy) -> String {
-    let groups: std::collections::BTreeSet<(&str, &str)> =
-        policy.collections.iter().map(|c| (c.policy.as_str(), c.group.as_str())).collect();
+    let groups: std::collections::BTreeSet<(&str, &str)> = policy
+        .collections
+        .iter()
+        .map(|c| (c.policy.as_str(), c.group.as_str()))
+        .collect();
     format!(
         "{} rule collection groups, {} rule collections, {} rules ({} DNAT, {} network, {} application)",
         groups.len(),
@@ -166,7 +169,9 @@ pub fn summary(policy: &portcullis_rules::Policy) -> String {
 }
 
 fn check(a: &CheckArgs) -> Result<ExitCode> {
-    let Some(loaded) = load_or_report(&a.config) else { return Ok(ExitCode::from(1)) };
+    let Some(loaded) = load_or_report(&a.config) else {
+        return Ok(ExitCode::from(1));
+    };
     println!("{}: valid: {}", a.config.display(), summary(&loaded.config.policy));
     Ok(ExitCode::SUCCESS)
 }
@@ -174,7 +179,13 @@ fn check(a: &CheckArgs) -> Result<ExitCode> {
 /// `HOST_OR_IP[:PORT]`.
 pub fn parse_destination(s: &str, protocol: Protocol) -> Result<(String, u16)> {
     let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p.parse::<u16>().with_context(|| format!("`{p}` in --destination is not a port"))?)),
+        Some((h, p)) => (
+            h,
+            Some(
+                p.parse::<u16>()
+                    .with_context(|| format!("`{p}` in --destination is not a port"))?,
+            ),
+        ),
         None => (s, None),
     };
     let port = match (port, protocol) {
@@ -194,9 +205,13 @@ pub fn build_flow(a: &ExplainArgs) -> Result<ExplainInput> {
     let (host, port) = parse_destination(&a.destination, a.protocol)?;
     let mut resolutions: BTreeMap<Name, Vec<Ipv4Addr>> = BTreeMap::new();
     for r in &a.resolve {
-        let (n, ip) = r.split_once('=').with_context(|| format!("--resolve `{r}`: expected NAME=IP"))?;
+        let (n, ip) = r
+            .split_once('=')
+            .with_context(|| format!("--resolve `{r}`: expected NAME=IP"))?;
         let name = Name::parse(n).map_err(|e| anyhow::anyhow!("--resolve `{r}`: {e}"))?;
-        let ip: Ipv4Addr = ip.parse().with_context(|| format!("--resolve `{r}`: `{ip}` is not an IPv4 address"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .with_context(|| format!("--resolve `{r}`: `{ip}` is not an IPv4 address"))?;
         resolutions.entry(name).or_default().push(ip);
     }
     let (ip, name) = match host.parse::<Ipv4Addr>() {
@@ -206,12 +221,25 @@ pub fn build_flow(a: &ExplainArgs) -> Result<ExplainInput> {
             (resolutions.get(&name).and_then(|v| v.first().copied()), Some(name))
         }
     };
-    let mut flow = Flow { source: a.source, destination_ip: ip, destination_name: name, port, protocol: a.protocol, host_port: None };
+    let mut flow = Flow {
+        source: a.source,
+        destination_ip: ip,
+        destination_name: name,
+        port,
+        protocol: a.protocol,
+        host_port: None,
+    };
     if a.protocol == Protocol::Http {
         match &a.host_header {
             Some(h) => {
                 let (hn, hp) = match h.rsplit_once(':') {
-                    Some((hn, hp)) => (hn, Some(hp.parse::<u16>().with_context(|| format!("--host-header port `{hp}`"))?)),
+                    Some((hn, hp)) => (
+                        hn,
+                        Some(
+                            hp.parse::<u16>()
+                                .with_context(|| format!("--host-header port `{hp}`"))?,
+                        ),
+                    ),
                     None => (h.as_str(), None),
                 };
                 flow.destination_name = Some(Name::parse(hn).map_err(|e| anyhow::anyhow!("--host-header: {e}"))?);
@@ -225,7 +253,9 @@ pub fn build_flow(a: &ExplainArgs) -> Result<ExplainInput> {
 }
 
 fn explain(a: &ExplainArgs) -> Result<ExitCode> {
-    let Some(loaded) = load_or_report(&a.config) else { return Ok(ExitCode::from(1)) };
+    let Some(loaded) = load_or_report(&a.config) else {
+        return Ok(ExitCode::from(1));
+    };
     let input = build_flow(a)?;
     let feed_path = a.threat_intel_feed.clone().or_else(|| {
         let p = loaded.config.appliance.as_ref()?.threat_intel_feed.as_ref()?;
@@ -233,15 +263,22 @@ fn explain(a: &ExplainArgs) -> Result<ExitCode> {
     });
     let feed = match feed_path {
         Some(p) => {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading threat-intel feed {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading threat-intel feed {}", p.display()))?;
             Some(ThreatFeed::parse(&text).map_err(|errs| {
-                let lines: Vec<String> = errs.iter().map(|e| format!("{}:{}: {}", p.display(), e.line, e.message)).collect();
+                let lines: Vec<String> = errs
+                    .iter()
+                    .map(|e| format!("{}:{}: {}", p.display(), e.line, e.message))
+                    .collect();
                 anyhow::anyhow!("invalid threat-intel feed:\n{}", lines.join("\n"))
             })?)
         }
         None => None,
     };
-    let env = Env { resolutions: &input.resolutions, threat_feed: feed.as_ref() };
+    let env = Env {
+        resolutions: &input.resolutions,
+        threat_feed: feed.as_ref(),
+    };
     let decision = loaded.config.policy.explain(&input.flow, &env);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&decision)?);
@@ -286,7 +323,14 @@ fn render(flow: &Flow, d: &Decision) -> String {
         s.push_str(&format!("Translate: to {}:{}\n", t.address, t.port));
     }
     if let Some(snat) = d.snat {
-        s.push_str(&format!("SNAT:     {}\n", if snat { "yes, leaves with the appliance's address" } else { "no (destination in snat.privateRanges)" }));
+        s.push_str(&format!(
+            "SNAT:     {}\n",
+            if snat {
+                "yes, leaves with the appliance's address"
+            } else {
+                "no (destination in snat.privateRanges)"
+            }
+        ));
     }
     for a in &d.alerts {
         s.push_str(&format!("Alert:    {a}\n"));
@@ -303,7 +347,13 @@ fn trace_line(t: &TraceEntry) -> String {
         (Some(g), Some(c), Some(r)) => format!("{g}/{c}/{r}"),
         _ => String::new(),
     };
-    format!("{:<12} {:<9} {path}{}{}", format!("{:?}", t.stage), t.result, if path.is_empty() { "" } else { ": " }, t.detail)
+    format!(
+        "{:<12} {:<9} {path}{}{}",
+        format!("{:?}", t.stage),
+        t.result,
+        if path.is_empty() { "" } else { ": " },
+        t.detail
+    )
 }
 
 fn import(a: &ImportArgs) -> Result<ExitCode> {
@@ -312,11 +362,18 @@ fn import(a: &ImportArgs) -> Result<ExitCode> {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         docs.push((f.display().to_string(), text));
     }
-    let opts = portcullis_rules::import::ImportOptions { skip_unsupported: a.skip_unsupported };
+    let opts = portcullis_rules::import::ImportOptions {
+        skip_unsupported: a.skip_unsupported,
+    };
     let imported = match portcullis_rules::import::import_documents(&docs, &opts) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("portcullis import: {e}");
+            if e.is_unsupported() {
+                eprintln!(
+                    "hint: pass --skip-unsupported to drop what portcullis cannot enforce, with a warning for each"
+                );
+            }
             return Ok(ExitCode::from(1));
         }
     };

@@ -14,7 +14,11 @@ pub fn synthetic_policy(n: usize) -> String {
     let mut group = 0;
     while emitted < n {
         group += 1;
-        let _ = write!(s, "    - name: g{group}\n      priority: {}\n      ruleCollections:\n", 100 + group);
+        let _ = write!(
+            s,
+            "    - name: g{group}\n      priority: {}\n      ruleCollections:\n",
+            100 + group
+        );
         for c in 0..10 {
             if emitted >= n {
                 break;

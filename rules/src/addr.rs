@@ -11,7 +11,10 @@ pub struct Ipv4Range {
 }
 
 impl Ipv4Range {
-    pub const ALL: Self = Self { start: 0, end: u32::MAX };
+    pub const ALL: Self = Self {
+        start: 0,
+        end: u32::MAX,
+    };
 
     pub fn single(ip: Ipv4Addr) -> Self {
         let v = u32::from(ip);
@@ -20,7 +23,10 @@ impl Ipv4Range {
 
     pub fn prefix(addr: u32, len: u8) -> Self {
         let mask = prefix_mask(len);
-        Self { start: addr & mask, end: (addr & mask) | !mask }
+        Self {
+            start: addr & mask,
+            end: (addr & mask) | !mask,
+        }
     }
 
     pub fn contains(&self, ip: u32) -> bool {
@@ -34,7 +40,11 @@ impl Ipv4Range {
         let end = u64::from(self.end);
         while start <= end {
             // Largest block aligned at `start` that does not run past `end`.
-            let mut size: u64 = if start == 0 { 1 << 32 } else { 1 << start.trailing_zeros().min(32) };
+            let mut size: u64 = if start == 0 {
+                1 << 32
+            } else {
+                1 << start.trailing_zeros().min(32)
+            };
             while start + size - 1 > end {
                 size >>= 1;
             }
@@ -64,13 +74,19 @@ impl fmt::Display for Ipv4Range {
 }
 
 pub fn prefix_mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    }
 }
 
 /// What went wrong with an address string; the caller adds the location.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {
-    #[error("`{0}` is an IPv6 address; portcullis enforces IPv4 rules (IPv6 rules are not supported, as in Azure Firewall GA)")]
+    #[error(
+        "`{0}` is an IPv6 address; portcullis enforces IPv4 rules (IPv6 rules are not supported, as in Azure Firewall GA)"
+    )]
     Ipv6(String),
     #[error(
         "`{0}` looks like an Azure service tag; service tags need a tag source (the ServiceTags JSON), which portcullis does not have yet: list the prefixes instead"
@@ -93,7 +109,12 @@ pub struct AddrEntry {
 
 pub fn parse_addr(text: &str) -> Result<AddrEntry, AddrError> {
     let s = text.trim();
-    let ok = |range| Ok(AddrEntry { range, host_bits_set: false });
+    let ok = |range| {
+        Ok(AddrEntry {
+            range,
+            host_bits_set: false,
+        })
+    };
     if s == "*" {
         return ok(Ipv4Range::ALL);
     }
@@ -107,7 +128,10 @@ pub fn parse_addr(text: &str) -> Result<AddrEntry, AddrError> {
             return Err(AddrError::PrefixLen(s.to_string()));
         }
         let v = u32::from(ip);
-        return Ok(AddrEntry { range: Ipv4Range::prefix(v, len), host_bits_set: v & !prefix_mask(len) != 0 });
+        return Ok(AddrEntry {
+            range: Ipv4Range::prefix(v, len),
+            host_bits_set: v & !prefix_mask(len) != 0,
+        });
     }
     if let Some((a, b)) = s.split_once('-') {
         let (a, b): (Ipv4Addr, Ipv4Addr) = match (a.trim().parse(), b.trim().parse()) {
@@ -117,7 +141,10 @@ pub fn parse_addr(text: &str) -> Result<AddrEntry, AddrError> {
         if u32::from(a) > u32::from(b) {
             return Err(AddrError::Reversed(s.to_string()));
         }
-        return ok(Ipv4Range { start: a.into(), end: b.into() });
+        return ok(Ipv4Range {
+            start: a.into(),
+            end: b.into(),
+        });
     }
     if let Ok(ip) = s.parse::<Ipv4Addr>() {
         return ok(Ipv4Range::single(ip));
@@ -137,7 +164,9 @@ fn looks_like_service_tag(s: &str) -> bool {
         && head.starts_with(|c: char| c.is_ascii_uppercase())
         && head.chars().all(|c| c.is_ascii_alphanumeric())
         && rest.len() <= 1
-        && rest.iter().all(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()))
+        && rest
+            .iter()
+            .all(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 /// A set of IPv4 addresses: sorted, non-overlapping, non-adjacent ranges.
@@ -148,7 +177,9 @@ pub struct AddrSet {
 
 impl AddrSet {
     pub fn any() -> Self {
-        Self { ranges: vec![Ipv4Range::ALL] }
+        Self {
+            ranges: vec![Ipv4Range::ALL],
+        }
     }
 
     pub fn from_ranges(mut ranges: Vec<Ipv4Range>) -> Self {
@@ -223,10 +254,19 @@ mod tests {
         assert_eq!(r("10.2.0.0-10.2.0.31").to_string(), "10.2.0.0/27");
         assert_eq!(r("0.0.0.0/0"), Ipv4Range::ALL);
         assert!(parse_addr("10.1.2.3/16").unwrap().host_bits_set);
-        assert_eq!(parse_addr("10.1.0.0/33"), Err(AddrError::PrefixLen("10.1.0.0/33".into())));
-        assert_eq!(parse_addr("10.0.0.9-10.0.0.1"), Err(AddrError::Reversed("10.0.0.9-10.0.0.1".into())));
+        assert_eq!(
+            parse_addr("10.1.0.0/33"),
+            Err(AddrError::PrefixLen("10.1.0.0/33".into()))
+        );
+        assert_eq!(
+            parse_addr("10.0.0.9-10.0.0.1"),
+            Err(AddrError::Reversed("10.0.0.9-10.0.0.1".into()))
+        );
         assert!(matches!(parse_addr("2001:db8::/32"), Err(AddrError::Ipv6(_))));
-        assert!(matches!(parse_addr("AzureCloud.westeurope"), Err(AddrError::ServiceTag(_))));
+        assert!(matches!(
+            parse_addr("AzureCloud.westeurope"),
+            Err(AddrError::ServiceTag(_))
+        ));
         assert!(matches!(parse_addr("AzureMonitor"), Err(AddrError::ServiceTag(_))));
         assert!(matches!(parse_addr("10.0.0"), Err(AddrError::Invalid(_))));
         assert!(matches!(parse_addr("example.com"), Err(AddrError::Invalid(_))));
@@ -234,12 +274,18 @@ mod tests {
 
     #[test]
     fn prefixes_cover_range_exactly() {
-        let rg = Ipv4Range { start: u32::from(Ipv4Addr::new(10, 0, 0, 3)), end: u32::from(Ipv4Addr::new(10, 0, 1, 4)) };
+        let rg = Ipv4Range {
+            start: u32::from(Ipv4Addr::new(10, 0, 0, 3)),
+            end: u32::from(Ipv4Addr::new(10, 0, 1, 4)),
+        };
         let p = rg.to_prefixes();
         let total: u64 = p.iter().map(|(_, l)| 1u64 << (32 - l)).sum();
         assert_eq!(total, u64::from(rg.end - rg.start) + 1);
         assert_eq!(Ipv4Range::ALL.to_prefixes(), vec![(0, 0)]);
-        assert_eq!(Ipv4Range::single(Ipv4Addr::BROADCAST).to_prefixes(), vec![(u32::MAX, 32)]);
+        assert_eq!(
+            Ipv4Range::single(Ipv4Addr::BROADCAST).to_prefixes(),
+            vec![(u32::MAX, 32)]
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use crate::decode::{
 };
 use crate::diag::{Diagnostic, Diags, FileId, Loc, Pos, SourceMap};
 use crate::policy::{
-    Appliance, ApplicationRule, Collection, Config, DnsSettings, NatRule, NetworkRule, Policy, Protocols, Rule, RuleKind,
-    RuleType, Target, ThreatIntel,
+    Appliance, ApplicationRule, Collection, Config, DnsSettings, NatRule, NetworkRule, Policy, Protocols, Rule,
+    RuleKind, RuleType, Target, ThreatIntel,
 };
 use crate::port::PortSet;
 use crate::source;
@@ -45,7 +45,10 @@ impl MemLoader {
 
 impl Loader for MemLoader {
     fn read(&self, path: &Path) -> Result<String, String> {
-        self.files.get(path).cloned().ok_or_else(|| "No such file or directory".to_string())
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| "No such file or directory".to_string())
     }
 }
 
@@ -86,7 +89,10 @@ pub fn load(path: &Path, loader: &dyn Loader) -> Result<Loaded, Invalid> {
     match result {
         Some(mut config) if !failed => {
             config.policy.sources = sources;
-            Ok(Loaded { config, warnings: diagnostics })
+            Ok(Loaded {
+                config,
+                warnings: diagnostics,
+            })
         }
         _ => {
             let (mut errors, warnings): (Vec<_>, Vec<_>) = diagnostics.into_iter().partition(Diagnostic::is_error);
@@ -98,7 +104,11 @@ pub fn load(path: &Path, loader: &dyn Loader) -> Result<Loaded, Invalid> {
 
 /// Loads a config from text (the base-policy chain, if any, through `loader`).
 pub fn load_str(name: &str, text: &str, loader: &dyn Loader) -> Result<Loaded, Invalid> {
-    let mem = Overlay { name: PathBuf::from(name), text, inner: loader };
+    let mem = Overlay {
+        name: PathBuf::from(name),
+        text,
+        inner: loader,
+    };
     load(Path::new(name), &mem)
 }
 
@@ -110,11 +120,21 @@ struct Overlay<'a> {
 
 impl Loader for Overlay<'_> {
     fn read(&self, path: &Path) -> Result<String, String> {
-        if path == self.name { Ok(self.text.to_string()) } else { self.inner.read(path) }
+        if path == self.name {
+            Ok(self.text.to_string())
+        } else {
+            self.inner.read(path)
+        }
     }
 }
 
-fn read_doc(path: &Path, loader: &dyn Loader, sources: &mut SourceMap, d: &mut Diags, from: Option<Loc>) -> Option<(FileId, ConfigDoc)> {
+fn read_doc(
+    path: &Path,
+    loader: &dyn Loader,
+    sources: &mut SourceMap,
+    d: &mut Diags,
+    from: Option<Loc>,
+) -> Option<(FileId, ConfigDoc)> {
     let file = sources.add(path.display().to_string());
     let text = match loader.read(path) {
         Ok(t) => t,
@@ -137,7 +157,8 @@ fn read_doc(path: &Path, loader: &dyn Loader, sources: &mut SourceMap, d: &mut D
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+    path.file_stem()
+        .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
 }
 
 fn load_inner(path: &Path, loader: &dyn Loader, sources: &mut SourceMap, d: &mut Diags) -> Option<Config> {
@@ -150,12 +171,18 @@ fn load_inner(path: &Path, loader: &dyn Loader, sources: &mut SourceMap, d: &mut
         if let Some(base) = doc.base_policy.clone() {
             let base_path = p.parent().unwrap_or(Path::new("")).join(&base.value);
             if chain.iter().any(|(seen, _)| *seen == base_path) || base_path == p {
-                d.error(base.loc, format!("basePolicy {} makes a cycle of base policies", base.value));
+                d.error(
+                    base.loc,
+                    format!("basePolicy {} makes a cycle of base policies", base.value),
+                );
             } else if chain.len() + 1 >= MAX_BASE_DEPTH {
                 d.error(base.loc, format!("base policies nest deeper than {MAX_BASE_DEPTH}"));
             } else if let Some((_, parent)) = read_doc(&base_path, loader, sources, d, Some(base.loc)) {
                 if let Some(a) = &parent.appliance {
-                    d.error(a.loc, "a base policy file holds only a `policy` section; `appliance` belongs to the config that runs");
+                    d.error(
+                        a.loc,
+                        "a base policy file holds only a `policy` section; `appliance` belongs to the config that runs",
+                    );
                 }
                 next = parent.policy.map(|pp| (base_path, pp));
             }
@@ -174,7 +201,10 @@ fn load_inner(path: &Path, loader: &dyn Loader, sources: &mut SourceMap, d: &mut
 fn appliance(d: &mut Diags, a: &ApplianceDoc) -> Option<Appliance> {
     let internal = a.internal.clone()?;
     if a.external.as_deref() == Some(internal.as_str()) {
-        d.error(a.loc, "interfaces.external names the internal interface; omit `external` for a one-arm appliance");
+        d.error(
+            a.loc,
+            "interfaces.external names the internal interface; omit `external` for a one-arm appliance",
+        );
     }
     Some(Appliance {
         internal,
@@ -199,9 +229,10 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
     for (path, doc) in chain {
         if let Some(m) = &doc.threat_intel_mode {
             if let Some((parent_mode, parent)) = &inherited
-                && m.value < *parent_mode {
-                    d.error(m.loc, format!("threatIntelMode {:?} is weaker than {:?} in base policy {parent}; a child policy may only keep or tighten it", m.value, parent_mode));
-                }
+                && m.value < *parent_mode
+            {
+                d.error(m.loc, format!("threatIntelMode {:?} is weaker than {:?} in base policy {parent}; a child policy may only keep or tighten it", m.value, parent_mode));
+            }
             mode = m.value;
             inherited = Some((m.value, stem(path)));
         }
@@ -210,7 +241,11 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
     }
 
     // DNS settings: a child inherits the parent's and may override each field.
-    let mut dns = DnsSettings { enable_proxy: false, servers: Vec::new(), require_proxy_for_network_rules: true };
+    let mut dns = DnsSettings {
+        enable_proxy: false,
+        servers: Vec::new(),
+        require_proxy_for_network_rules: true,
+    };
     let mut dns_loc: Option<Loc> = None;
     for (_, doc) in chain {
         if let Some(s) = &doc.dns {
@@ -233,7 +268,13 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
             private = Some(r);
         }
     }
-    let private = private.unwrap_or_else(|| IANA_PRIVATE_RANGES.iter().filter_map(|r| parse_addr(r).ok()).map(|e| e.range).collect());
+    let private = private.unwrap_or_else(|| {
+        IANA_PRIVATE_RANGES
+            .iter()
+            .filter_map(|r| parse_addr(r).ok())
+            .map(|e| e.range)
+            .collect()
+    });
 
     // IP groups are policy-independent resources: merge, but one name means one set.
     let mut groups: BTreeMap<String, (AddrSet, Loc)> = BTreeMap::new();
@@ -242,7 +283,13 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
             let set = AddrSet::from_ranges(g.ranges.clone());
             if let Some((prev, at)) = groups.get(&g.name.value) {
                 if *prev != set {
-                    d.error(g.name.loc, format!("IP group `{}` is defined differently in a base policy (line {})", g.name.value, at.pos.line));
+                    d.error(
+                        g.name.loc,
+                        format!(
+                            "IP group `{}` is defined differently in a base policy (line {})",
+                            g.name.value, at.pos.line
+                        ),
+                    );
                 } else if at.file == g.name.loc.file {
                     d.error(g.name.loc, format!("IP group `{}` is defined twice", g.name.value));
                 }
@@ -290,7 +337,13 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
                     if let Some(why) = &skipped {
                         d.warn(r.name.loc, format!("rule `{}` is skipped: {why}", r.name.value));
                     }
-                    by_type[slot].push(Rule { name: r.name.value.clone(), collection: cidx, kind, skipped, loc: r.loc });
+                    by_type[slot].push(Rule {
+                        name: r.name.value.clone(),
+                        collection: cidx,
+                        kind,
+                        skipped,
+                        loc: r.loc,
+                    });
                 }
             }
         }
@@ -303,7 +356,11 @@ fn link(d: &mut Diags, chain: &[(PathBuf, PolicyDoc)], sources: &SourceMap, appl
     let mut policy = Policy {
         name,
         sources: SourceMap::default(),
-        threat_intel: ThreatIntel { mode, allow_ips: AddrSet::from_ranges(allow_ips), allow_fqdns },
+        threat_intel: ThreatIntel {
+            mode,
+            allow_ips: AddrSet::from_ranges(allow_ips),
+            allow_fqdns,
+        },
         dns,
         snat_private_ranges: AddrSet::from_ranges(private),
         ip_groups: groups.into_iter().map(|(k, (v, _))| (k, v)).collect(),
@@ -323,18 +380,36 @@ fn check_unique_groups(d: &mut Diags, doc: &PolicyDoc) {
     let mut prios: Vec<&Spanned<u32>> = Vec::new();
     for g in &doc.groups {
         if let Some(prev) = seen.iter().find(|n| n.value.eq_ignore_ascii_case(&g.name.value)) {
-            d.error(g.name.loc, format!("rule collection group `{}` is defined twice (first at line {})", g.name.value, prev.loc.pos.line));
+            d.error(
+                g.name.loc,
+                format!(
+                    "rule collection group `{}` is defined twice (first at line {})",
+                    g.name.value, prev.loc.pos.line
+                ),
+            );
         }
         seen.push(&g.name);
         if let Some(prev) = prios.iter().find(|p| p.value == g.priority.value) {
-            d.warn(g.priority.loc, format!("two rule collection groups share priority {} (first at line {}); they run in file order", g.priority.value, prev.loc.pos.line));
+            d.warn(
+                g.priority.loc,
+                format!(
+                    "two rule collection groups share priority {} (first at line {}); they run in file order",
+                    g.priority.value, prev.loc.pos.line
+                ),
+            );
         }
         prios.push(&g.priority);
         let mut rc_names: Vec<&Spanned<String>> = Vec::new();
         let mut rc_prios: Vec<&Spanned<u32>> = Vec::new();
         for c in &g.collections {
             if let Some(prev) = rc_names.iter().find(|n| n.value.eq_ignore_ascii_case(&c.name.value)) {
-                d.error(c.name.loc, format!("rule collection `{}` is defined twice in group `{}` (first at line {})", c.name.value, g.name.value, prev.loc.pos.line));
+                d.error(
+                    c.name.loc,
+                    format!(
+                        "rule collection `{}` is defined twice in group `{}` (first at line {})",
+                        c.name.value, g.name.value, prev.loc.pos.line
+                    ),
+                );
             }
             rc_names.push(&c.name);
             if let Some(prev) = rc_prios.iter().find(|p| p.value == c.priority.value) {
@@ -345,13 +420,22 @@ fn check_unique_groups(d: &mut Diags, doc: &PolicyDoc) {
     }
 }
 
-fn endpoints(d: &mut Diags, e: &Endpoints, groups: &BTreeMap<String, (AddrSet, Loc)>, skipped: &mut Option<String>) -> AddrSet {
+fn endpoints(
+    d: &mut Diags,
+    e: &Endpoints,
+    groups: &BTreeMap<String, (AddrSet, Loc)>,
+    skipped: &mut Option<String>,
+) -> AddrSet {
     let mut set = AddrSet::from_ranges(e.addresses.clone());
     for g in &e.groups {
         match groups.get(&g.value) {
             None => {
                 let known: Vec<&str> = groups.keys().map(String::as_str).collect();
-                let hint = if known.is_empty() { "no ipGroups are defined".to_string() } else { format!("defined: {}", known.join(", ")) };
+                let hint = if known.is_empty() {
+                    "no ipGroups are defined".to_string()
+                } else {
+                    format!("defined: {}", known.join(", "))
+                };
                 d.error(g.loc, format!("unknown IP group `{}` ({hint})", g.value));
             }
             Some((s, _)) if s.is_empty() => {
@@ -376,9 +460,22 @@ fn rule_kind(
     appliance: Option<&Appliance>,
 ) -> RuleKind {
     match body {
-        RuleBody::Network { protocols, protocols_loc, source, destination, fqdns, ports, ports_loc } => {
+        RuleBody::Network {
+            protocols,
+            protocols_loc,
+            source,
+            destination,
+            fqdns,
+            ports,
+            ports_loc,
+        } => {
             let ports = PortSet::from_ranges(ports.clone());
-            let mut p = Protocols { tcp: false, udp: false, icmp: false, all: false };
+            let mut p = Protocols {
+                tcp: false,
+                udp: false,
+                icmp: false,
+                all: false,
+            };
             for proto in protocols {
                 match proto {
                     IpProtocol::Tcp => p.tcp = true,
@@ -393,7 +490,10 @@ fn rule_kind(
                 }
             }
             if p.icmp && !p.tcp && !p.udp && !p.all && !ports.is_all() && !ports.ranges().is_empty() {
-                d.warn(*ports_loc, "ICMP has no ports: destinationPorts are ignored for ICMP; write \"*\"");
+                d.warn(
+                    *ports_loc,
+                    "ICMP has no ports: destinationPorts are ignored for ICMP; write \"*\"",
+                );
             }
             let _ = protocols_loc;
             if !fqdns.is_empty() && !dns.enable_proxy {
@@ -412,12 +512,27 @@ fn rule_kind(
                 ports,
             })
         }
-        RuleBody::Application { source, protocols, targets, tags, headers } => {
-            let mut t: Vec<Target> = targets.iter().map(|p| Target { pattern: p.clone(), tag: None }).collect();
+        RuleBody::Application {
+            source,
+            protocols,
+            targets,
+            tags,
+            headers,
+        } => {
+            let mut t: Vec<Target> = targets
+                .iter()
+                .map(|p| Target {
+                    pattern: p.clone(),
+                    tag: None,
+                })
+                .collect();
             for tag in tags {
                 for f in tag.fqdns {
                     if let Ok(pattern) = crate::fqdn::FqdnPattern::parse(f) {
-                        t.push(Target { pattern, tag: Some(format!("{}@{}", tag.name, tag.version)) });
+                        t.push(Target {
+                            pattern,
+                            tag: Some(format!("{}@{}", tag.name, tag.version)),
+                        });
                     }
                 }
             }
@@ -428,23 +543,33 @@ fn rule_kind(
                 headers: headers.clone(),
             })
         }
-        RuleBody::Nat { protocols, source, destinations, port, translated, translated_port } => {
+        RuleBody::Nat {
+            protocols,
+            source,
+            destinations,
+            port,
+            translated,
+            translated_port,
+        } => {
             let any = protocols.contains(&IpProtocol::Any);
             if let Some(a) = appliance
-                && !a.snat_addresses.is_empty() {
-                    for dst in destinations {
-                        if !a.snat_addresses.contains(dst) {
-                            d.warn(at, format!("NAT rule destination {dst} is not one of appliance.snatAddresses; inbound traffic to it will not reach the rule"));
-                        }
+                && !a.snat_addresses.is_empty()
+            {
+                for dst in destinations {
+                    if !a.snat_addresses.contains(dst) {
+                        d.warn(at, format!("NAT rule destination {dst} is not one of appliance.snatAddresses; inbound traffic to it will not reach the rule"));
                     }
                 }
+            }
             RuleKind::Nat(NatRule {
                 tcp: any || protocols.contains(&IpProtocol::Tcp),
                 udp: any || protocols.contains(&IpProtocol::Udp),
                 sources: endpoints(d, source, groups, skipped),
                 destinations: destinations.clone(),
                 port: port.unwrap_or(0),
-                translated: translated.clone().unwrap_or(decode::NatTarget::Address(std::net::Ipv4Addr::UNSPECIFIED)),
+                translated: translated
+                    .clone()
+                    .unwrap_or(decode::NatTarget::Address(std::net::Ipv4Addr::UNSPECIFIED)),
                 translated_port: translated_port.unwrap_or(0),
             })
         }

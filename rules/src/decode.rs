@@ -193,10 +193,20 @@ struct Fields<'a> {
 impl<'a> Fields<'a> {
     fn of(d: &mut Diags, node: &'a Node, what: &'static str) -> Option<Self> {
         match &node.value {
-            Value::Map(entries) => {
-                Some(Self { node, what, entries, used: vec![false; entries.len()], asked: Vec::new() })
-            }
-            Value::Null => Some(Self { node, what, entries: &[], used: Vec::new(), asked: Vec::new() }),
+            Value::Map(entries) => Some(Self {
+                node,
+                what,
+                entries,
+                used: vec![false; entries.len()],
+                asked: Vec::new(),
+            }),
+            Value::Null => Some(Self {
+                node,
+                what,
+                entries: &[],
+                used: Vec::new(),
+                asked: Vec::new(),
+            }),
             _ => {
                 d.error(node.loc, format!("{what} must be a mapping, found {}", node.kind()));
                 None
@@ -342,7 +352,9 @@ fn check_name(d: &mut Diags, name: &Spanned<String>, what: &str) {
     } else if s.ends_with(['-', '.']) {
         Some("must end with a letter, digit or `_`".to_string())
     } else {
-        s.chars().find(|c| !ok_char(*c)).map(|c| format!("may only contain letters, digits, `_`, `.` and `-` (found `{c}`)"))
+        s.chars()
+            .find(|c| !ok_char(*c))
+            .map(|c| format!("may only contain letters, digits, `_`, `.` and `-` (found `{c}`)"))
     };
     if let Some(p) = problem {
         d.error(name.loc, format!("{what} `{s}` {p}"));
@@ -352,7 +364,10 @@ fn check_name(d: &mut Diags, name: &Spanned<String>, what: &str) {
 fn priority(d: &mut Diags, node: &Node, what: &str) -> Option<u32> {
     let v = integer(d, node, what)?;
     if !(100..=65000).contains(&v) {
-        d.error(node.loc, format!("{what} {v} is out of range: priorities run from 100 (first) to 65000 (last)"));
+        d.error(
+            node.loc,
+            format!("{what} {v} is out of range: priorities run from 100 (first) to 65000 (last)"),
+        );
         return None;
     }
     Some(v as u32)
@@ -411,7 +426,10 @@ fn group_refs(d: &mut Diags, node: Option<&Node>, what: &str) -> Vec<Spanned<Str
         .into_iter()
         .map(|s| {
             let name = s.value.rsplit('/').next().unwrap_or_default().to_string();
-            Spanned { value: name, loc: s.loc }
+            Spanned {
+                value: name,
+                loc: s.loc,
+            }
         })
         .collect()
 }
@@ -420,21 +438,35 @@ fn group_refs(d: &mut Diags, node: Option<&Node>, what: &str) -> Vec<Spanned<Str
 // The document.
 
 const UNSUPPORTED_POLICY: &[(&str, &str)] = &[
-    ("intrusionDetection", "IDPS (Premium) is not implemented; remove the section"),
+    (
+        "intrusionDetection",
+        "IDPS (Premium) is not implemented; remove the section",
+    ),
     ("transportSecurity", "TLS inspection (Premium) is not implemented"),
-    ("explicitProxy", "explicit proxy mode is not implemented; portcullis is a transparent next hop"),
+    (
+        "explicitProxy",
+        "explicit proxy mode is not implemented; portcullis is a transparent next hop",
+    ),
     ("sql", "SQL redirect settings are not implemented"),
 ];
 
 const UNSUPPORTED_APP_RULE: &[(&str, &str)] = &[
-    ("targetUrls", "URL rules need TLS inspection (Premium), which portcullis does not do; use targetFqdns"),
-    ("webCategories", "web categories need Microsoft's categorisation service; use targetFqdns"),
+    (
+        "targetUrls",
+        "URL rules need TLS inspection (Premium), which portcullis does not do; use targetFqdns",
+    ),
+    (
+        "webCategories",
+        "web categories need Microsoft's categorisation service; use targetFqdns",
+    ),
     ("terminateTLS", "TLS inspection (Premium) is not implemented"),
 ];
 
 pub fn decode(d: &mut Diags, root: &Node) -> ConfigDoc {
     let mut doc = ConfigDoc::default();
-    let Some(mut f) = Fields::of(d, root, "the config file") else { return doc };
+    let Some(mut f) = Fields::of(d, root, "the config file") else {
+        return doc;
+    };
     if let Some(n) = f.get("appliance") {
         doc.appliance = appliance(d, n);
     }
@@ -450,7 +482,10 @@ pub fn decode(d: &mut Diags, root: &Node) -> ConfigDoc {
 fn interface_name(d: &mut Diags, node: &Node, what: &str) -> Option<String> {
     let s = string(d, node, what)?;
     if s.is_empty() || s.len() > 15 || s.contains(['/', ' ', ':']) {
-        d.error(node.loc, format!("{what} `{s}` is not a Linux interface name (1–15 characters, no `/`, `:` or spaces)"));
+        d.error(
+            node.loc,
+            format!("{what} `{s}` is not a Linux interface name (1–15 characters, no `/`, `:` or spaces)"),
+        );
         return None;
     }
     Some(s)
@@ -458,13 +493,21 @@ fn interface_name(d: &mut Diags, node: &Node, what: &str) -> Option<String> {
 
 fn appliance(d: &mut Diags, node: &Node) -> Option<ApplianceDoc> {
     let mut f = Fields::of(d, node, "`appliance`")?;
-    let mut a = ApplianceDoc { loc: node.loc, ..Default::default() };
+    let mut a = ApplianceDoc {
+        loc: node.loc,
+        ..Default::default()
+    };
     if let Some(n) = f.require(d, "interfaces")
-        && let Some(mut i) = Fields::of(d, n, "`appliance.interfaces`") {
-            a.internal = i.require(d, "internal").and_then(|n| interface_name(d, n, "interfaces.internal"));
-            a.external = i.get("external").and_then(|n| interface_name(d, n, "interfaces.external"));
-            i.finish(d, &[]);
-        }
+        && let Some(mut i) = Fields::of(d, n, "`appliance.interfaces`")
+    {
+        a.internal = i
+            .require(d, "internal")
+            .and_then(|n| interface_name(d, n, "interfaces.internal"));
+        a.external = i
+            .get("external")
+            .and_then(|n| interface_name(d, n, "interfaces.external"));
+        i.finish(d, &[]);
+    }
     for n in list(d, f.get("snatAddresses"), "snatAddresses") {
         if let Some(ip) = ipv4(d, n, "each snatAddresses entry") {
             a.snat_addresses.push(Spanned { value: ip, loc: n.loc });
@@ -484,73 +527,104 @@ fn appliance(d: &mut Diags, node: &Node) -> Option<ApplianceDoc> {
 
 fn policy(d: &mut Diags, node: &Node) -> Option<PolicyDoc> {
     let mut f = Fields::of(d, node, "`policy`")?;
-    let mut p = PolicyDoc { loc: node.loc, ..Default::default() };
+    let mut p = PolicyDoc {
+        loc: node.loc,
+        ..Default::default()
+    };
     p.base_policy = f.get("basePolicy").and_then(|n| spanned_string(d, n, "basePolicy"));
     p.threat_intel_mode = f.get("threatIntelMode").and_then(|n| {
-        let modes = [("Off", ThreatIntelMode::Off), ("Alert", ThreatIntelMode::Alert), ("Deny", ThreatIntelMode::Deny)];
+        let modes = [
+            ("Off", ThreatIntelMode::Off),
+            ("Alert", ThreatIntelMode::Alert),
+            ("Deny", ThreatIntelMode::Deny),
+        ];
         one_of(d, n, "threatIntelMode", &modes).map(|value| Spanned { value, loc: n.loc })
     });
     if let Some(n) = f.get("threatIntelWhitelist")
-        && let Some(mut w) = Fields::of(d, n, "`threatIntelWhitelist`") {
-            p.ti_allow_ips = addresses(d, w.get("ipAddresses"), "threatIntelWhitelist.ipAddresses");
-            for s in string_list(d, w.get("fqdns"), "threatIntelWhitelist.fqdns") {
-                match FqdnPattern::parse(&s.value) {
-                    Ok(pat) => p.ti_allow_fqdns.push(pat),
-                    Err(e) => d.error(s.loc, e),
-                }
+        && let Some(mut w) = Fields::of(d, n, "`threatIntelWhitelist`")
+    {
+        p.ti_allow_ips = addresses(d, w.get("ipAddresses"), "threatIntelWhitelist.ipAddresses");
+        for s in string_list(d, w.get("fqdns"), "threatIntelWhitelist.fqdns") {
+            match FqdnPattern::parse(&s.value) {
+                Ok(pat) => p.ti_allow_fqdns.push(pat),
+                Err(e) => d.error(s.loc, e),
             }
-            w.finish(d, &[]);
         }
+        w.finish(d, &[]);
+    }
     if let Some(n) = f.get("dnsSettings")
-        && let Some(mut s) = Fields::of(d, n, "`dnsSettings`") {
-            let mut dns = DnsDoc { loc: n.loc, ..Default::default() };
-            dns.enable_proxy = s.get("enableProxy").and_then(|n| boolean(d, n, "enableProxy"));
-            if let Some(list_node) = s.get("servers") {
-                let items = list(d, Some(list_node), "dnsSettings.servers");
-                if items.len() > 15 {
-                    d.error(list_node.loc, "dnsSettings.servers allows at most 15 servers");
-                }
-                dns.servers = Some(items.iter().filter_map(|n| ipv4(d, n, "each DNS server")).collect());
+        && let Some(mut s) = Fields::of(d, n, "`dnsSettings`")
+    {
+        let mut dns = DnsDoc {
+            loc: n.loc,
+            ..Default::default()
+        };
+        dns.enable_proxy = s.get("enableProxy").and_then(|n| boolean(d, n, "enableProxy"));
+        if let Some(list_node) = s.get("servers") {
+            let items = list(d, Some(list_node), "dnsSettings.servers");
+            if items.len() > 15 {
+                d.error(list_node.loc, "dnsSettings.servers allows at most 15 servers");
             }
-            dns.require_proxy_for_network_rules =
-                s.get("requireProxyForNetworkRules").and_then(|n| boolean(d, n, "requireProxyForNetworkRules"));
-            s.finish(d, &[]);
-            p.dns = Some(dns);
+            dns.servers = Some(items.iter().filter_map(|n| ipv4(d, n, "each DNS server")).collect());
         }
+        dns.require_proxy_for_network_rules = s
+            .get("requireProxyForNetworkRules")
+            .and_then(|n| boolean(d, n, "requireProxyForNetworkRules"));
+        s.finish(d, &[]);
+        p.dns = Some(dns);
+    }
     if let Some(n) = f.get("snat")
-        && let Some(mut s) = Fields::of(d, n, "`snat`") {
-            let mut snat = SnatDoc { loc: n.loc, ..Default::default() };
-            if let Some(ranges) = s.get("privateRanges") {
-                let mut out = Vec::new();
-                for item in list(d, Some(ranges), "snat.privateRanges") {
-                    if item.as_scalar().is_some_and(|t| t.eq_ignore_ascii_case("IANAPrivateRanges")) {
-                        out.extend(crate::addr::IANA_PRIVATE_RANGES.iter().filter_map(|r| parse_addr(r).ok()).map(|e| e.range));
-                    } else if let Some(r) = address_entry(d, item, "each snat.privateRanges entry") {
-                        out.push(r);
-                    }
+        && let Some(mut s) = Fields::of(d, n, "`snat`")
+    {
+        let mut snat = SnatDoc {
+            loc: n.loc,
+            ..Default::default()
+        };
+        if let Some(ranges) = s.get("privateRanges") {
+            let mut out = Vec::new();
+            for item in list(d, Some(ranges), "snat.privateRanges") {
+                if item
+                    .as_scalar()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("IANAPrivateRanges"))
+                {
+                    out.extend(
+                        crate::addr::IANA_PRIVATE_RANGES
+                            .iter()
+                            .filter_map(|r| parse_addr(r).ok())
+                            .map(|e| e.range),
+                    );
+                } else if let Some(r) = address_entry(d, item, "each snat.privateRanges entry") {
+                    out.push(r);
                 }
-                snat.private_ranges = Some(out);
             }
-            if let Some(n) = s.get("autoLearnPrivateRanges") {
-                let opts = [("Enabled", true), ("Disabled", false)];
-                if one_of(d, n, "autoLearnPrivateRanges", &opts) == Some(true) {
-                    d.error(n.loc, "autoLearnPrivateRanges: Enabled needs Azure Route Server, which portcullis cannot query; list privateRanges instead");
-                }
-            }
-            s.finish(d, &[]);
-            p.snat = Some(snat);
+            snat.private_ranges = Some(out);
         }
+        if let Some(n) = s.get("autoLearnPrivateRanges") {
+            let opts = [("Enabled", true), ("Disabled", false)];
+            if one_of(d, n, "autoLearnPrivateRanges", &opts) == Some(true) {
+                d.error(n.loc, "autoLearnPrivateRanges: Enabled needs Azure Route Server, which portcullis cannot query; list privateRanges instead");
+            }
+        }
+        s.finish(d, &[]);
+        p.snat = Some(snat);
+    }
     if let Some(n) = f.get("ipGroups") {
         match &n.value {
             Value::Map(entries) => {
                 for (k, v) in entries {
-                    let name = Spanned { value: k.as_scalar().unwrap_or_default().to_string(), loc: k.loc };
+                    let name = Spanned {
+                        value: k.as_scalar().unwrap_or_default().to_string(),
+                        loc: k.loc,
+                    };
                     check_name(d, &name, "IP group name");
                     let items = list(d, Some(v), "an IP group");
                     if items.len() > 5000 {
                         d.error(v.loc, "an IP group holds at most 5,000 addresses or prefixes");
                     }
-                    let ranges = items.iter().filter_map(|n| address_entry(d, n, "an IP group entry")).collect();
+                    let ranges = items
+                        .iter()
+                        .filter_map(|n| address_entry(d, n, "an IP group entry"))
+                        .collect();
                     p.ip_groups.push(IpGroupDoc { name, ranges });
                 }
             }
@@ -571,7 +645,9 @@ fn policy(d: &mut Diags, node: &Node) -> Option<PolicyDoc> {
 fn group(d: &mut Diags, node: &Node) -> Option<RcgDoc> {
     let mut f = Fields::of(d, node, "a rule collection group")?;
     let name = f.require(d, "name").and_then(|n| spanned_string(d, n, "name"));
-    let prio = f.require(d, "priority").and_then(|n| priority(d, n, "priority").map(|v| Spanned { value: v, loc: n.loc }));
+    let prio = f
+        .require(d, "priority")
+        .and_then(|n| priority(d, n, "priority").map(|v| Spanned { value: v, loc: n.loc }));
     let mut collections = Vec::new();
     for c in list(d, f.get("ruleCollections"), "ruleCollections") {
         if let Some(c) = collection(d, c) {
@@ -581,15 +657,27 @@ fn group(d: &mut Diags, node: &Node) -> Option<RcgDoc> {
     f.finish(d, &[]);
     let name = name?;
     check_name(d, &name, "rule collection group name");
-    Some(RcgDoc { loc: node.loc, name, priority: prio?, collections })
+    Some(RcgDoc {
+        loc: node.loc,
+        name,
+        priority: prio?,
+        collections,
+    })
 }
 
 fn collection(d: &mut Diags, node: &Node) -> Option<RcDoc> {
     let mut f = Fields::of(d, node, "a rule collection")?;
-    let kinds = [("FirewallPolicyFilterRuleCollection", CollectionType::Filter), ("FirewallPolicyNatRuleCollection", CollectionType::Nat)];
-    let kind = f.require(d, "ruleCollectionType").and_then(|n| one_of(d, n, "ruleCollectionType", &kinds));
+    let kinds = [
+        ("FirewallPolicyFilterRuleCollection", CollectionType::Filter),
+        ("FirewallPolicyNatRuleCollection", CollectionType::Nat),
+    ];
+    let kind = f
+        .require(d, "ruleCollectionType")
+        .and_then(|n| one_of(d, n, "ruleCollectionType", &kinds));
     let name = f.require(d, "name").and_then(|n| spanned_string(d, n, "name"));
-    let prio = f.require(d, "priority").and_then(|n| priority(d, n, "priority").map(|v| Spanned { value: v, loc: n.loc }));
+    let prio = f
+        .require(d, "priority")
+        .and_then(|n| priority(d, n, "priority").map(|v| Spanned { value: v, loc: n.loc }));
     let action = f.require(d, "action").and_then(|n| {
         let mut a = Fields::of(d, n, "`action`")?;
         let opts = [("Allow", Action::Allow), ("Deny", Action::Deny), ("DNAT", Action::Dnat)];
@@ -633,19 +721,35 @@ fn collection(d: &mut Diags, node: &Node) -> Option<RcDoc> {
     let mut names: Vec<&Spanned<String>> = Vec::new();
     for r in &rules {
         if let Some(prev) = names.iter().find(|n| n.value.eq_ignore_ascii_case(&r.name.value)) {
-            d.error(r.name.loc, format!("rule name `{}` is used twice in this collection (first at line {})", r.name.value, prev.loc.pos.line));
+            d.error(
+                r.name.loc,
+                format!(
+                    "rule name `{}` is used twice in this collection (first at line {})",
+                    r.name.value, prev.loc.pos.line
+                ),
+            );
         }
         names.push(&r.name);
     }
     f.finish(d, &[]);
     let name = name?;
     check_name(d, &name, "rule collection name");
-    Some(RcDoc { loc: node.loc, kind: kind?, name, priority: prio?, action: action?, rules })
+    Some(RcDoc {
+        loc: node.loc,
+        kind: kind?,
+        name,
+        priority: prio?,
+        action: action?,
+        rules,
+    })
 }
 
 fn ip_protocols(d: &mut Diags, node: Option<&Node>, allowed: &[(&str, IpProtocol)], what: &str) -> Vec<IpProtocol> {
     let items = list(d, node, what);
-    items.iter().filter_map(|n| one_of(d, n, "ipProtocols entry", allowed)).collect()
+    items
+        .iter()
+        .filter_map(|n| one_of(d, n, "ipProtocols entry", allowed))
+        .collect()
 }
 
 fn endpoints(d: &mut Diags, f: &mut Fields<'_>, addr_key: &'static str, group_key: &'static str) -> Endpoints {
@@ -669,9 +773,15 @@ fn rule(d: &mut Diags, node: &Node, kind: Option<CollectionType>) -> Option<Rule
         let fits = matches!((t, k), (0 | 1, CollectionType::Filter) | (2, CollectionType::Nat));
         if !fits {
             let (rt, ct) = if t == 2 {
-                ("NatRule", "a FirewallPolicyFilterRuleCollection (NatRules go in a FirewallPolicyNatRuleCollection)")
+                (
+                    "NatRule",
+                    "a FirewallPolicyFilterRuleCollection (NatRules go in a FirewallPolicyNatRuleCollection)",
+                )
             } else {
-                (if t == 0 { "NetworkRule" } else { "ApplicationRule" }, "a FirewallPolicyNatRuleCollection (only NatRules)")
+                (
+                    if t == 0 { "NetworkRule" } else { "ApplicationRule" },
+                    "a FirewallPolicyNatRuleCollection (only NatRules)",
+                )
             };
             d.error(tn.loc, format!("a {rt} cannot be in {ct}"));
             return None;
@@ -686,11 +796,20 @@ fn rule(d: &mut Diags, node: &Node, kind: Option<CollectionType>) -> Option<Rule
     f.finish(d, unsupported);
     let name = name?;
     check_name(d, &name, "rule name");
-    Some(RuleDoc { loc: node.loc, name, body: body? })
+    Some(RuleDoc {
+        loc: node.loc,
+        name,
+        body: body?,
+    })
 }
 
 fn network_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<RuleBody> {
-    let protos = [("TCP", IpProtocol::Tcp), ("UDP", IpProtocol::Udp), ("ICMP", IpProtocol::Icmp), ("Any", IpProtocol::Any)];
+    let protos = [
+        ("TCP", IpProtocol::Tcp),
+        ("UDP", IpProtocol::Udp),
+        ("ICMP", IpProtocol::Icmp),
+        ("Any", IpProtocol::Any),
+    ];
     let pnode = f.require(d, "ipProtocols");
     let protocols = ip_protocols(d, pnode, &protos, "ipProtocols");
     if let Some(pn) = pnode.filter(|n| matches!(&n.value, Value::Seq(items) if items.is_empty())) {
@@ -721,7 +840,10 @@ fn network_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<RuleBo
         d.error(node.loc, "a network rule needs sourceAddresses or sourceIpGroups");
     }
     if !destination.present && fqdns.is_empty() {
-        d.error(node.loc, "a network rule needs destinationAddresses, destinationIpGroups or destinationFqdns");
+        d.error(
+            node.loc,
+            "a network rule needs destinationAddresses, destinationIpGroups or destinationFqdns",
+        );
     }
     Some(RuleBody::Network {
         protocols,
@@ -735,10 +857,28 @@ fn network_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<RuleBo
 }
 
 const RESERVED_HEADERS: &[&str] = &[
-    "host", "connection", "content-length", "transfer-encoding", "upgrade", "via", "te", "trailer",
-    "proxy-authorization", "proxy-authenticate", "authorization", "cookie", "set-cookie",
-    "content-security-policy", "strict-transport-security", "x-forwarded-for", "x-forwarded-proto",
-    "x-forwarded-host", "x-forwarded-port", "x-forwarded-scheme", "forwarded", "metadata",
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "via",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "content-security-policy",
+    "strict-transport-security",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "forwarded",
+    "metadata",
 ];
 
 fn application_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<RuleBody> {
@@ -749,11 +889,16 @@ fn application_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<Ru
     let mut protocols = Vec::new();
     let pnode = f.require(d, "protocols");
     for p in list(d, pnode, "protocols") {
-        let Some(mut pf) = Fields::of(d, p, "a protocol entry") else { continue };
+        let Some(mut pf) = Fields::of(d, p, "a protocol entry") else {
+            continue;
+        };
         let kinds = [("Http", AppProtocol::Http), ("Https", AppProtocol::Https)];
         let t = pf.require(d, "protocolType").and_then(|n| {
             if n.as_scalar().is_some_and(|s| s.eq_ignore_ascii_case("mssql")) {
-                d.error(n.loc, "protocolType Mssql (SQL FQDN filtering) is not supported; use a network rule for TCP 1433");
+                d.error(
+                    n.loc,
+                    "protocolType Mssql (SQL FQDN filtering) is not supported; use a network rule for TCP 1433",
+                );
                 return None;
             }
             one_of(d, n, "protocolType", &kinds)
@@ -793,7 +938,10 @@ fn application_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<Ru
             Some(t) => tags.push(t),
             None => {
                 let known: Vec<&str> = fqdn_tags::ALL.iter().map(|t| t.name).collect();
-                d.error(s.loc, format!("unknown FQDN tag `{}`; built-in tags: {}", s.value, known.join(", ")));
+                d.error(
+                    s.loc,
+                    format!("unknown FQDN tag `{}`; built-in tags: {}", s.value, known.join(", ")),
+                );
             }
         }
     }
@@ -805,16 +953,31 @@ fn application_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<Ru
     }
     let mut headers = Vec::new();
     for h in list(d, f.get("httpHeadersToInsert"), "httpHeadersToInsert") {
-        let Some(mut hf) = Fields::of(d, h, "an httpHeadersToInsert entry") else { continue };
-        let name = hf.require(d, "headerName").and_then(|n| spanned_string(d, n, "headerName"));
+        let Some(mut hf) = Fields::of(d, h, "an httpHeadersToInsert entry") else {
+            continue;
+        };
+        let name = hf
+            .require(d, "headerName")
+            .and_then(|n| spanned_string(d, n, "headerName"));
         let value = hf.require(d, "headerValue").and_then(|n| string(d, n, "headerValue"));
         hf.finish(d, &[]);
-        let (Some(name), Some(value)) = (name, value) else { continue };
+        let (Some(name), Some(value)) = (name, value) else {
+            continue;
+        };
         let lower = name.value.to_ascii_lowercase();
         if RESERVED_HEADERS.contains(&lower.as_str()) {
-            d.error(name.loc, format!("header `{}` is reserved and cannot be inserted", name.value));
-        } else if name.value.is_empty() || name.value.len() > 100 || !name.value.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-            d.error(name.loc, "headerName must be 1–100 visible ASCII characters without `:`");
+            d.error(
+                name.loc,
+                format!("header `{}` is reserved and cannot be inserted", name.value),
+            );
+        } else if name.value.is_empty()
+            || name.value.len() > 100
+            || !name.value.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        {
+            d.error(
+                name.loc,
+                "headerName must be 1–100 visible ASCII characters without `:`",
+            );
         } else if value.len() > 16000 || value.contains(['\r', '\n']) {
             d.error(name.loc, "headerValue must be at most 16,000 characters on one line");
         } else {
@@ -824,15 +987,29 @@ fn application_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<Ru
     if headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() > 16 * 1024 {
         d.error(node.loc, "httpHeadersToInsert may add at most 16 KB per rule");
     }
-    Some(RuleBody::Application { source, protocols, targets, tags, headers })
+    Some(RuleBody::Application {
+        source,
+        protocols,
+        targets,
+        tags,
+        headers,
+    })
 }
 
 fn nat_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<RuleBody> {
-    let protos = [("TCP", IpProtocol::Tcp), ("UDP", IpProtocol::Udp), ("Any", IpProtocol::Any), ("ICMP", IpProtocol::Icmp)];
+    let protos = [
+        ("TCP", IpProtocol::Tcp),
+        ("UDP", IpProtocol::Udp),
+        ("Any", IpProtocol::Any),
+        ("ICMP", IpProtocol::Icmp),
+    ];
     let pnode = f.require(d, "ipProtocols");
     let protocols = ip_protocols(d, pnode, &protos, "ipProtocols");
     if protocols.contains(&IpProtocol::Icmp) {
-        d.error(pnode.map_or(node.loc, |n| n.loc), "DNAT translates ports: a NAT rule takes TCP, UDP or Any, not ICMP");
+        d.error(
+            pnode.map_or(node.loc, |n| n.loc),
+            "DNAT translates ports: a NAT rule takes TCP, UDP or Any, not ICMP",
+        );
     }
     let source = endpoints(d, f, "sourceAddresses", "sourceIpGroups");
     if !source.present {
@@ -841,22 +1018,39 @@ fn nat_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<RuleBody> 
     let dnode = f.require(d, "destinationAddresses");
     let dest_items = list(d, dnode, "destinationAddresses");
     if let (Some(dn), true) = (dnode, dest_items.is_empty()) {
-        d.error(dn.loc, "a NAT rule needs the appliance address it listens on in destinationAddresses");
+        d.error(
+            dn.loc,
+            "a NAT rule needs the appliance address it listens on in destinationAddresses",
+        );
     }
-    let destinations: Vec<Ipv4Addr> =
-        dest_items.iter().filter_map(|n| ipv4(d, n, "a NAT rule destination (the appliance's address)")).collect();
+    let destinations: Vec<Ipv4Addr> = dest_items
+        .iter()
+        .filter_map(|n| ipv4(d, n, "a NAT rule destination (the appliance's address)"))
+        .collect();
     let port_node = f.require(d, "destinationPorts");
     let ports = string_list(d, port_node, "destinationPorts");
     let mut port = None;
     match ports.as_slice() {
         [p] => match parse_port_range(&p.value, 1, 63999) {
             Ok(r) if r.lo == r.hi => port = Some(r.lo),
-            Ok(_) => d.error(p.loc, "a NAT rule translates one port: give a single destination port, not a range"),
-            Err(e) => d.error(p.loc, format!("{e} (DNAT ports 64000-65535 are not supported, as in Azure)")),
+            Ok(_) => d.error(
+                p.loc,
+                "a NAT rule translates one port: give a single destination port, not a range",
+            ),
+            Err(e) => d.error(
+                p.loc,
+                format!("{e} (DNAT ports 64000-65535 are not supported, as in Azure)"),
+            ),
         },
-        [] if port_node.is_some() => d.error(port_node.map_or(node.loc, |n| n.loc), "a NAT rule needs one destination port"),
+        [] if port_node.is_some() => d.error(
+            port_node.map_or(node.loc, |n| n.loc),
+            "a NAT rule needs one destination port",
+        ),
         [] => {}
-        [_, second, ..] => d.error(second.loc, "a NAT rule translates one port: give exactly one destinationPorts entry"),
+        [_, second, ..] => d.error(
+            second.loc,
+            "a NAT rule translates one port: give exactly one destinationPorts entry",
+        ),
     }
     let addr = f.get("translatedAddress");
     let fqdn = f.get("translatedFqdn");
@@ -870,7 +1064,10 @@ fn nat_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<RuleBody> 
             }
         }),
         (Some(_), Some(n)) => {
-            d.error(n.loc, "give exactly one of translatedAddress and translatedFqdn, not both");
+            d.error(
+                n.loc,
+                "give exactly one of translatedAddress and translatedFqdn, not both",
+            );
             None
         }
         (None, None) => {
@@ -892,5 +1089,12 @@ fn nat_rule(d: &mut Diags, f: &mut Fields<'_>, node: &Node) -> Option<RuleBody> 
             }
         }
     });
-    Some(RuleBody::Nat { protocols, source, destinations, port, translated, translated_port })
+    Some(RuleBody::Nat {
+        protocols,
+        source,
+        destinations,
+        port,
+        translated,
+        translated_port,
+    })
 }

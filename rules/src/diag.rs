@@ -72,7 +72,11 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "",
             Severity::Warning => "warning: ",
         };
-        write!(f, "{}:{}:{}: {sev}{}", self.file, self.pos.line, self.pos.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {sev}{}",
+            self.file, self.pos.line, self.pos.col, self.message
+        )
     }
 }
 

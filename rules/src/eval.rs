@@ -96,7 +96,10 @@ pub struct Env<'a> {
 
 impl Default for Env<'_> {
     fn default() -> Self {
-        Self { resolutions: &NoResolutions, threat_feed: None }
+        Self {
+            resolutions: &NoResolutions,
+            threat_feed: None,
+        }
     }
 }
 
@@ -229,7 +232,9 @@ impl Policy {
                 if !((tcpish && n.tcp) || (flow.protocol == Protocol::Udp && n.udp)) {
                     return Err(Miss::Protocol);
                 }
-                let Some(dst) = flow.destination_ip else { return Err(Miss::DestinationUnknown) };
+                let Some(dst) = flow.destination_ip else {
+                    return Err(Miss::DestinationUnknown);
+                };
                 if !n.destinations.contains(&dst) {
                     return Err(Miss::Destination);
                 }
@@ -242,17 +247,32 @@ impl Policy {
                 match &n.translated {
                     NatTarget::Address(a) => Ok(*a),
                     // Azure uses the first address; an unresolvable name makes the rule not match.
-                    NatTarget::Fqdn(name) => {
-                        env.resolutions.addresses(name).first().copied().ok_or_else(|| Miss::Unresolved(name.clone()))
-                    }
+                    NatTarget::Fqdn(name) => env
+                        .resolutions
+                        .addresses(name)
+                        .first()
+                        .copied()
+                        .ok_or_else(|| Miss::Unresolved(name.clone())),
                 }
             })();
             match res {
                 Ok(address) => {
-                    let tr = Translation { address, port: n.translated_port };
-                    let detail = format!("translated to {}:{}; source rewritten to the appliance's internal address", tr.address, tr.port);
+                    let tr = Translation {
+                        address,
+                        port: n.translated_port,
+                    };
+                    let detail = format!(
+                        "translated to {}:{}; source rewritten to the appliance's internal address",
+                        tr.address, tr.port
+                    );
                     self.note(t, Stage::Dnat, rule, "match", &detail);
-                    let mut d = self.decided(Verdict::Dnat, Stage::Dnat, i, format!("DNAT rule {} matched: {detail}", rule.name), alerts);
+                    let mut d = self.decided(
+                        Verdict::Dnat,
+                        Stage::Dnat,
+                        i,
+                        format!("DNAT rule {} matched: {detail}", rule.name),
+                        alerts,
+                    );
                     d.translated = Some(tr);
                     d.snat = Some(true);
                     return d;
@@ -287,7 +307,9 @@ impl Policy {
                 let by_any = n.destinations.is_any();
                 let by_fqdn = n.fqdns.iter().any(|f| {
                     flow.destination_name.as_ref() == Some(f)
-                        || flow.destination_ip.is_some_and(|ip| env.resolutions.addresses(f).contains(&ip))
+                        || flow
+                            .destination_ip
+                            .is_some_and(|ip| env.resolutions.addresses(f).contains(&ip))
                 });
                 if by_ip || by_any || by_fqdn {
                     Ok(())
@@ -300,9 +322,19 @@ impl Policy {
             match res {
                 Ok(()) => {
                     let action = self.collection_of(rule).action;
-                    let verdict = if action == Action::Allow { Verdict::Allow } else { Verdict::Deny };
+                    let verdict = if action == Action::Allow {
+                        Verdict::Allow
+                    } else {
+                        Verdict::Deny
+                    };
                     self.note(t, Stage::Network, rule, "match", &format!("{action:?}"));
-                    let mut d = self.decided(verdict, Stage::Network, i, format!("Network rule {} matched: {action:?}", rule.name), alerts);
+                    let mut d = self.decided(
+                        verdict,
+                        Stage::Network,
+                        i,
+                        format!("Network rule {} matched: {action:?}", rule.name),
+                        alerts,
+                    );
                     if verdict == Verdict::Allow {
                         d.snat = flow.destination_ip.map(|ip| self.network_snat(ip));
                     }
@@ -342,7 +374,10 @@ impl Policy {
             // Azure assumes port 80 when the Host header names none, and drops a mismatch (§3).
             let host_port = flow.host_port.unwrap_or(80);
             if host_port != flow.port {
-                let reason = format!("Host header port {host_port} does not match the TCP port {}; dropped", flow.port);
+                let reason = format!(
+                    "Host header port {host_port} does not match the TCP port {}; dropped",
+                    flow.port
+                );
                 return self.application_deny(t, reason, alerts);
             }
         }
@@ -353,7 +388,11 @@ impl Policy {
                 self.note(t, Stage::Application, rule, "skipped", why);
                 continue;
             }
-            if !a.protocols.iter().any(|(p, port)| *p == app_proto && *port == flow.port) {
+            if !a
+                .protocols
+                .iter()
+                .any(|(p, port)| *p == app_proto && *port == flow.port)
+            {
                 self.miss(t, Stage::Application, rule, flow, &Miss::Protocol);
                 continue;
             }
@@ -370,9 +409,25 @@ impl Policy {
                 Some(tag) => format!("{} (FQDN tag {tag})", target.pattern),
                 None => target.pattern.to_string(),
             };
-            self.note(t, Stage::Application, rule, "match", &format!("{action:?}: {name} matches {via}"));
-            let verdict = if action == Action::Allow { Verdict::Allow } else { Verdict::Deny };
-            let mut d = self.decided(verdict, Stage::Application, i, format!("Application rule {} matched: {name} matches {via}", rule.name), alerts);
+            self.note(
+                t,
+                Stage::Application,
+                rule,
+                "match",
+                &format!("{action:?}: {name} matches {via}"),
+            );
+            let verdict = if action == Action::Allow {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+            let mut d = self.decided(
+                verdict,
+                Stage::Application,
+                i,
+                format!("Application rule {} matched: {name} matches {via}", rule.name),
+                alerts,
+            );
             if verdict == Verdict::Allow {
                 d.snat = Some(true);
             }
@@ -381,14 +436,25 @@ impl Policy {
         self.application_deny(t, DEFAULT_DENY_REASON.to_string(), alerts)
     }
 
-    fn threat_intel<T: Tracer>(&self, flow: &Flow, env: &Env<'_>, t: &mut T, alerts: &mut Vec<String>) -> Option<Decision> {
+    fn threat_intel<T: Tracer>(
+        &self,
+        flow: &Flow,
+        env: &Env<'_>,
+        t: &mut T,
+        alerts: &mut Vec<String>,
+    ) -> Option<Decision> {
         let ti = &self.threat_intel;
         if ti.mode == ThreatIntelMode::Off {
             return None;
         }
         let feed = env.threat_feed?;
-        let ip_hit = flow.destination_ip.filter(|ip| feed.contains_ip(*ip) && !ti.allow_ips.contains(*ip));
-        let name_hit = flow.destination_name.as_ref().filter(|n| feed.contains_name(n) && !ti.allow_fqdns.iter().any(|p| p.matches(n)));
+        let ip_hit = flow
+            .destination_ip
+            .filter(|ip| feed.contains_ip(*ip) && !ti.allow_ips.contains(*ip));
+        let name_hit = flow
+            .destination_name
+            .as_ref()
+            .filter(|n| feed.contains_name(n) && !ti.allow_fqdns.iter().any(|p| p.matches(n)));
         let what = match (ip_hit, name_hit) {
             (Some(ip), _) => ip.to_string(),
             (None, Some(n)) => n.to_string(),
@@ -473,7 +539,11 @@ impl Policy {
 
     fn application_deny<T: Tracer>(&self, t: &mut T, reason: String, alerts: Vec<String>) -> Decision {
         let mut d = self.default_deny(t, reason, alerts);
-        d.stage = if d.reason == DEFAULT_DENY_REASON { Stage::Default } else { Stage::Application };
+        d.stage = if d.reason == DEFAULT_DENY_REASON {
+            Stage::Default
+        } else {
+            Stage::Application
+        };
         d
     }
 
@@ -506,9 +576,19 @@ impl Policy {
         };
         match (&rule.kind, m) {
             (_, Miss::Unresolved(n)) => format!("translatedFqdn {n} did not resolve; the rule does not apply"),
-            (RuleKind::Network(n), Miss::Protocol) => format!("protocol {:?} not in {}", flow.protocol, protocols_text(n.protocols)),
+            (RuleKind::Network(n), Miss::Protocol) => {
+                format!("protocol {:?} not in {}", flow.protocol, protocols_text(n.protocols))
+            }
             (RuleKind::Nat(n), Miss::Protocol) => {
-                format!("protocol {:?} not in {}", flow.protocol, match (n.tcp, n.udp) { (true, true) => "TCP,UDP", (true, false) => "TCP", _ => "UDP" })
+                format!(
+                    "protocol {:?} not in {}",
+                    flow.protocol,
+                    match (n.tcp, n.udp) {
+                        (true, true) => "TCP,UDP",
+                        (true, false) => "TCP",
+                        _ => "UDP",
+                    }
+                )
             }
             (RuleKind::Application(a), Miss::Protocol) => {
                 let list: Vec<String> = a.protocols.iter().map(|(p, port)| format!("{p:?}:{port}")).collect();
@@ -526,7 +606,10 @@ impl Policy {
                 s
             }
             (RuleKind::Network(n), Miss::DestinationUnknown) => {
-                format!("destination address unknown (only the name {dst} was given); the rule needs one of {}", n.destinations)
+                format!(
+                    "destination address unknown (only the name {dst} was given); the rule needs one of {}",
+                    n.destinations
+                )
             }
             (RuleKind::Nat(n), Miss::Destination | Miss::DestinationUnknown) => {
                 let list: Vec<String> = n.destinations.iter().map(ToString::to_string).collect();

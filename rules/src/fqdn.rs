@@ -46,13 +46,19 @@ fn check_host(s: &str, original: &str) -> Result<(), String> {
         return Err("empty host name".into());
     }
     if !s.is_ascii() {
-        return Err(format!("`{original}` has non-ASCII characters; write internationalised names in punycode (xn--…)"));
+        return Err(format!(
+            "`{original}` has non-ASCII characters; write internationalised names in punycode (xn--…)"
+        ));
     }
     if s.contains("://") || s.contains('/') {
-        return Err(format!("`{original}` is a URL; give the host name only (URL rules need TLS inspection)"));
+        return Err(format!(
+            "`{original}` is a URL; give the host name only (URL rules need TLS inspection)"
+        ));
     }
     if s.contains(':') {
-        return Err(format!("`{original}` has a port; ports belong in the rule's protocols/ports, not the name"));
+        return Err(format!(
+            "`{original}` has a port; ports belong in the rule's protocols/ports, not the name"
+        ));
     }
     if s.len() > 253 {
         return Err(format!("`{original}` is longer than 253 characters"));
@@ -67,8 +73,13 @@ fn check_host(s: &str, original: &str) -> Result<(), String> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!("`{original}`: a label cannot start or end with `-`"));
         }
-        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-            return Err(format!("`{original}` contains `{c}`, which is not allowed in a host name"));
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "`{original}` contains `{c}`, which is not allowed in a host name"
+            ));
         }
     }
     Ok(())
@@ -96,7 +107,9 @@ impl FqdnPattern {
         }
         let stars = s.matches('*').count();
         if stars > 1 {
-            return Err(format!("`{text}`: only one asterisk is allowed, at the left-most position"));
+            return Err(format!(
+                "`{text}`: only one asterisk is allowed, at the left-most position"
+            ));
         }
         if stars == 1 && !s.starts_with('*') {
             return Err(format!(
@@ -126,7 +139,9 @@ impl FqdnPattern {
             Self::Any => true,
             Self::Exact(e) => n == e,
             Self::Subdomains(suffix) => {
-                n.len() > suffix.len() + 1 && n.ends_with(suffix.as_str()) && n.as_bytes()[n.len() - suffix.len() - 1] == b'.'
+                n.len() > suffix.len() + 1
+                    && n.ends_with(suffix.as_str())
+                    && n.as_bytes()[n.len() - suffix.len() - 1] == b'.'
             }
             Self::EndsWith(suffix) => n.ends_with(suffix.as_str()),
         }
@@ -149,7 +164,9 @@ mod tests {
     use super::*;
 
     fn m(pattern: &str, name: &str) -> bool {
-        FqdnPattern::parse(pattern).unwrap().matches(&Name::parse(name).unwrap())
+        FqdnPattern::parse(pattern)
+            .unwrap()
+            .matches(&Name::parse(name).unwrap())
     }
 
     // The §2.4 table, row by row.

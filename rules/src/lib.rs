@@ -4,7 +4,11 @@
 //! Pure: no sockets, no clock; files come through a [`Loader`]. One compiled [`Policy`] answers the data
 //! plane, the application proxy, DNS pinning and `explain`.
 
+#![forbid(unsafe_code)]
+
 pub mod addr;
+pub mod appindex;
+pub mod classify;
 pub mod compile;
 pub mod decode;
 pub mod diag;

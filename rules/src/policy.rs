@@ -196,7 +196,13 @@ impl Policy {
     /// network rules that use them.
     pub fn pinned_names(&self) -> BTreeMap<Name, Vec<usize>> {
         let mut out: BTreeMap<Name, Vec<usize>> = BTreeMap::new();
-        for (i, r) in self.rules.iter().enumerate().take(self.network_rules.end).skip(self.network_rules.start) {
+        for (i, r) in self
+            .rules
+            .iter()
+            .enumerate()
+            .take(self.network_rules.end)
+            .skip(self.network_rules.start)
+        {
             if let RuleKind::Network(n) = &r.kind {
                 for f in &n.fqdns {
                     out.entry(f.clone()).or_default().push(i);

@@ -35,7 +35,10 @@ pub fn parse_port_range(text: &str, min: u16, max: u16) -> Result<PortRange, Str
         return Ok(PortRange::ALL);
     }
     let one = |p: &str| -> Result<u16, String> {
-        let v: u32 = p.trim().parse().map_err(|_| format!("`{s}` is not a port, a port range (a-b) or `*`"))?;
+        let v: u32 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a port, a port range (a-b) or `*`"))?;
         if v < u32::from(min) || v > u32::from(max) {
             return Err(format!("port {v} is out of range {min}-{max}"));
         }
@@ -105,9 +108,16 @@ mod tests {
     fn forms_and_bounds() {
         assert_eq!(parse_port_range("*", 1, 65535), Ok(PortRange::ALL));
         assert_eq!(parse_port_range("443", 1, 65535), Ok(PortRange { lo: 443, hi: 443 }));
-        assert_eq!(parse_port_range("1000-2000", 1, 65535), Ok(PortRange { lo: 1000, hi: 2000 }));
+        assert_eq!(
+            parse_port_range("1000-2000", 1, 65535),
+            Ok(PortRange { lo: 1000, hi: 2000 })
+        );
         assert!(parse_port_range("0", 1, 65535).is_err());
-        assert!(parse_port_range("64000", 1, 63999).unwrap_err().contains("out of range 1-63999"));
+        assert!(
+            parse_port_range("64000", 1, 63999)
+                .unwrap_err()
+                .contains("out of range 1-63999")
+        );
         assert!(parse_port_range("2000-1000", 1, 65535).is_err());
         assert!(parse_port_range("http", 1, 65535).is_err());
         assert!(parse_port_range("70000", 1, 65535).is_err());

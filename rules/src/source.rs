@@ -9,7 +9,10 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// A scalar as written; `quoted` is true for '…' and "…" (never null, never a number).
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Null,
     Seq(Vec<Node>),
     /// Keys in file order; keys are scalars.
@@ -48,21 +51,42 @@ pub struct SyntaxError {
 
 /// Parses one YAML/JSON document. An empty document is `Null`.
 pub fn parse(file: FileId, text: &str) -> Result<Node, SyntaxError> {
-    let mut builder = Builder { file, stack: Vec::new(), root: None, error: None, docs: 0 };
+    let mut builder = Builder {
+        file,
+        stack: Vec::new(),
+        root: None,
+        error: None,
+        docs: 0,
+    };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, true) {
-        return Err(SyntaxError { loc: loc_of(file, e.marker()), message: format!("syntax error: {}", e.info()) });
+        return Err(SyntaxError {
+            loc: loc_of(file, e.marker()),
+            message: format!("syntax error: {}", e.info()),
+        });
     }
     if let Some(err) = builder.error {
         return Err(err);
     }
-    Ok(builder.root.unwrap_or(Node { loc: Loc { file, pos: Pos { line: 1, col: 1 } }, value: Value::Null }))
+    Ok(builder.root.unwrap_or(Node {
+        loc: Loc {
+            file,
+            pos: Pos { line: 1, col: 1 },
+        },
+        value: Value::Null,
+    }))
 }
 
 fn loc_of(file: FileId, m: &Marker) -> Loc {
     let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
     // yaml-rust2 reports 1-based lines and 0-based columns.
-    Loc { file, pos: Pos { line: clamp(m.line()).max(1), col: clamp(m.col()).saturating_add(1) } }
+    Loc {
+        file,
+        pos: Pos {
+            line: clamp(m.line()).max(1),
+            col: clamp(m.col()).saturating_add(1),
+        },
+    }
 }
 
 enum Frame {
@@ -81,7 +105,10 @@ struct Builder {
 impl Builder {
     fn fail(&mut self, loc: Loc, message: impl Into<String>) {
         if self.error.is_none() {
-            self.error = Some(SyntaxError { loc, message: message.into() });
+            self.error = Some(SyntaxError {
+                loc,
+                message: message.into(),
+            });
         }
     }
 
@@ -96,7 +123,10 @@ impl Builder {
                         self.fail(loc, "mapping keys must be plain strings");
                         return;
                     }
-                    let dup = entries.iter().find(|(k, _)| k.as_scalar() == node.as_scalar()).map(|(k, _)| k.loc);
+                    let dup = entries
+                        .iter()
+                        .find(|(k, _)| k.as_scalar() == node.as_scalar())
+                        .map(|(k, _)| k.loc);
                     if let Some(first) = dup {
                         let msg = format!(
                             "duplicate key `{}` (first at line {})",
@@ -152,12 +182,18 @@ impl MarkedEventReceiver for Builder {
             Event::MappingStart(..) => self.stack.push(Frame::Map(loc, Vec::new(), None)),
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(l, items)) = self.stack.pop() {
-                    self.push_node(Node { loc: l, value: Value::Seq(items) });
+                    self.push_node(Node {
+                        loc: l,
+                        value: Value::Seq(items),
+                    });
                 }
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map(l, entries, _)) = self.stack.pop() {
-                    self.push_node(Node { loc: l, value: Value::Map(entries) });
+                    self.push_node(Node {
+                        loc: l,
+                        value: Value::Map(entries),
+                    });
                 }
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}

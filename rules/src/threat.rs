@@ -31,16 +31,29 @@ impl ThreatFeed {
             if line.starts_with(|c: char| c.is_ascii_digit()) && !line.contains(|c: char| c.is_ascii_alphabetic()) {
                 match parse_addr(line) {
                     Ok(e) => ranges.push(e.range),
-                    Err(e) => errors.push(FeedError { line: i + 1, message: e.to_string() }),
+                    Err(e) => errors.push(FeedError {
+                        line: i + 1,
+                        message: e.to_string(),
+                    }),
                 }
             } else {
                 match FqdnPattern::parse(line) {
                     Ok(p) => names.push(p),
-                    Err(e) => errors.push(FeedError { line: i + 1, message: e }),
+                    Err(e) => errors.push(FeedError {
+                        line: i + 1,
+                        message: e,
+                    }),
                 }
             }
         }
-        if errors.is_empty() { Ok(Self { ips: AddrSet::from_ranges(ranges), names }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(Self {
+                ips: AddrSet::from_ranges(ranges),
+                names,
+            })
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn contains_ip(&self, ip: Ipv4Addr) -> bool {

@@ -35,10 +35,7 @@ pub fn to_yaml_with_comments<S: AsRef<str>>(comments: &[S], value: &Value) -> St
     let mut out = String::new();
     for comment in comments {
         for line in comment.as_ref().lines() {
-            let clean: String = line
-                .chars()
-                .map(|c| if needs_escape(c) { ' ' } else { c })
-                .collect();
+            let clean: String = line.chars().map(|c| if needs_escape(c) { ' ' } else { c }).collect();
             let clean = clean.trim_end();
             if clean.is_empty() {
                 out.push_str("#\n");
@@ -232,18 +229,7 @@ fn looks_like_non_string(s: &str) -> bool {
     let lower = s.to_ascii_lowercase();
     if matches!(
         lower.as_str(),
-        "y" | "n"
-            | "yes"
-            | "no"
-            | "on"
-            | "off"
-            | "true"
-            | "false"
-            | "null"
-            | "nil"
-            | "none"
-            | "~"
-            | "=" // YAML 1.1 "value" key
+        "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null" | "nil" | "none" | "~" | "=" // YAML 1.1 "value" key
     ) {
         return true;
     }
@@ -356,8 +342,8 @@ mod tests {
     #[track_caller]
     fn round_trip(v: &Value) -> String {
         let text = to_yaml(v);
-        let docs = YamlLoader::load_from_str(&text)
-            .unwrap_or_else(|e| panic!("emitted YAML does not parse: {e}\n{text}"));
+        let docs =
+            YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("emitted YAML does not parse: {e}\n{text}"));
         assert_eq!(docs.len(), 1, "{text}");
         let back = yaml_to_json(&docs[0]);
         // Compare serialisations, so key order counts too.
@@ -536,10 +522,7 @@ policy:
         let items: Vec<String> = (0..20).map(|i| format!("host{i}.example.com")).collect();
         let v = json!({ "targetFqdns": items });
         let text = round_trip(&v);
-        assert!(
-            text.starts_with("targetFqdns:\n  - host0.example.com\n"),
-            "{text}"
-        );
+        assert!(text.starts_with("targetFqdns:\n  - host0.example.com\n"), "{text}");
         for line in text.lines() {
             assert!(line.chars().count() <= MAX_WIDTH, "{line}");
         }
@@ -565,10 +548,9 @@ policy:
     #[test]
     fn deterministic_pseudo_random_strings_round_trip() {
         // A tiny LCG over an alphabet of YAML-significant characters.
-        let alphabet: Vec<char> =
-            " -?:,[]{}#&*!|>'\"%@`\\\t\n.0123456789eE+_xyzTtrue~\u{85}\u{2028}é"
-                .chars()
-                .collect();
+        let alphabet: Vec<char> = " -?:,[]{}#&*!|>'\"%@`\\\t\n.0123456789eE+_xyzTtrue~\u{85}\u{2028}é"
+            .chars()
+            .collect();
         let mut state: u64 = 0x5eed;
         for _ in 0..3000 {
             state = state

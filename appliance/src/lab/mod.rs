@@ -35,16 +35,46 @@ fn samples() -> Vec<Sample> {
     let mut http_mismatch = f(Protocol::Http, None, Some("security.ubuntu.com"), 80);
     http_mismatch.host_port = Some(8080);
     vec![
-        Sample { what: "image pull from MCR (FQDN tag AzureKubernetesService)", flow: f(Protocol::Https, None, Some("mcr.microsoft.com"), 443) },
-        Sample { what: "node to API server (wildcard *.azmk8s.io in the tag)", flow: f(Protocol::Https, None, Some("aks-1a2b.hcp.westeurope.azmk8s.io"), 443) },
-        Sample { what: "any other HTTPS site (final deny collection)", flow: f(Protocol::Https, None, Some("example.com"), 443) },
-        Sample { what: "HTTPS without SNI", flow: f(Protocol::Https, Some(Ipv4Addr::new(198, 51, 100, 20)), None, 443) },
-        Sample { what: "Ubuntu security updates over HTTP", flow: http },
-        Sample { what: "HTTP Host port differs from the TCP port", flow: http_mismatch },
-        Sample { what: "control-plane tunnel TCP 9000", flow: f(Protocol::Tcp, Some(Ipv4Addr::new(203, 0, 113, 10)), None, 9000) },
-        Sample { what: "NTP by FQDN network rule (address pinned by the DNS proxy)", flow: f(Protocol::Udp, Some(Ipv4Addr::new(198, 51, 100, 123)), None, 123) },
-        Sample { what: "SMTP out (explicit network deny)", flow: f(Protocol::Tcp, Some(Ipv4Addr::new(198, 51, 100, 25)), None, 25) },
-        Sample { what: "SSH to the Internet (default deny)", flow: f(Protocol::Tcp, Some(Ipv4Addr::new(198, 51, 100, 22)), None, 22) },
+        Sample {
+            what: "image pull from MCR (FQDN tag AzureKubernetesService)",
+            flow: f(Protocol::Https, None, Some("mcr.microsoft.com"), 443),
+        },
+        Sample {
+            what: "node to API server (wildcard *.azmk8s.io in the tag)",
+            flow: f(Protocol::Https, None, Some("aks-1a2b.hcp.westeurope.azmk8s.io"), 443),
+        },
+        Sample {
+            what: "any other HTTPS site (final deny collection)",
+            flow: f(Protocol::Https, None, Some("example.com"), 443),
+        },
+        Sample {
+            what: "HTTPS without SNI",
+            flow: f(Protocol::Https, Some(Ipv4Addr::new(198, 51, 100, 20)), None, 443),
+        },
+        Sample {
+            what: "Ubuntu security updates over HTTP",
+            flow: http,
+        },
+        Sample {
+            what: "HTTP Host port differs from the TCP port",
+            flow: http_mismatch,
+        },
+        Sample {
+            what: "control-plane tunnel TCP 9000",
+            flow: f(Protocol::Tcp, Some(Ipv4Addr::new(203, 0, 113, 10)), None, 9000),
+        },
+        Sample {
+            what: "NTP by FQDN network rule (address pinned by the DNS proxy)",
+            flow: f(Protocol::Udp, Some(Ipv4Addr::new(198, 51, 100, 123)), None, 123),
+        },
+        Sample {
+            what: "SMTP out (explicit network deny)",
+            flow: f(Protocol::Tcp, Some(Ipv4Addr::new(198, 51, 100, 25)), None, 25),
+        },
+        Sample {
+            what: "SSH to the Internet (default deny)",
+            flow: f(Protocol::Tcp, Some(Ipv4Addr::new(198, 51, 100, 22)), None, 22),
+        },
         Sample {
             what: "inbound HTTPS to the public address (DNAT to the ingress)",
             flow: Flow {
@@ -72,8 +102,15 @@ pub fn run(args: &LabArgs) -> Result<ExitCode> {
     };
     let policy = &loaded.config.policy;
     println!("== policy {}: {}", policy.name, summary(policy));
-    let ports: Vec<String> = policy.application_ports().iter().map(|(p, kinds)| format!("{p} ({kinds:?})")).collect();
-    println!("   application-rule ports intercepted by the proxy: {}", ports.join(", "));
+    let ports: Vec<String> = policy
+        .application_ports()
+        .iter()
+        .map(|(p, kinds)| format!("{p} ({kinds:?})"))
+        .collect();
+    println!(
+        "   application-rule ports intercepted by the proxy: {}",
+        ports.join(", ")
+    );
     let pins: Vec<String> = policy.pinned_names().keys().map(ToString::to_string).collect();
     println!("   names the DNS proxy pins for network rules: {}", pins.join(", "));
 
@@ -81,11 +118,21 @@ pub fn run(args: &LabArgs) -> Result<ExitCode> {
     if let Some(n) = name("ntp.ubuntu.com") {
         resolved.insert(n, vec![Ipv4Addr::new(198, 51, 100, 123)]);
     }
-    let env = Env { resolutions: &resolved, threat_feed: None };
+    let env = Env {
+        resolutions: &resolved,
+        threat_feed: None,
+    };
     println!("\n== explain: sample flows from the AKS node subnet and the Internet");
     for s in samples() {
         let d = policy.explain(&s.flow, &env);
-        println!("-- {}\n   {}\n   {:?} by {}\n   {}", s.what, describe_flow(&s.flow), d.verdict, rule_path(&d), d.reason);
+        println!(
+            "-- {}\n   {}\n   {:?} by {}\n   {}",
+            s.what,
+            describe_flow(&s.flow),
+            d.verdict,
+            rule_path(&d),
+            d.reason
+        );
     }
 
     if args.no_xdp {

@@ -41,11 +41,7 @@ pub(super) fn gather_template(
         match get_ci(tmpl, key) {
             None | Some((_, Value::Null)) => Ok(None),
             Some((_, Value::Object(m))) => Ok(Some(m)),
-            Some((k, _)) => Err(invalid(
-                file,
-                &path.key(k),
-                format!("{k} must be an object"),
-            )),
+            Some((k, _)) => Err(invalid(file, &path.key(k), format!("{k} must be an object"))),
         }
     };
     let mut ev = Evaluator::new(section("parameters")?, section("variables")?);
@@ -99,11 +95,7 @@ fn process_resource(
             Value::Bool(true) => {}
             Value::Bool(false) => return Ok(()),
             _ => {
-                return Err(invalid(
-                    file,
-                    &path.key(k),
-                    "condition must evaluate to true or false",
-                ));
+                return Err(invalid(file, &path.key(k), "condition must evaluate to true or false"));
             }
         }
     }
@@ -112,11 +104,7 @@ fn process_resource(
             None | Some((_, Value::Null)) => Ok(None),
             Some((k, v)) => match ev.resolve(file, &path.key(k), v)? {
                 Value::String(s) => Ok(Some(s)),
-                _ => Err(invalid(
-                    file,
-                    &path.key(k),
-                    format!("{k} must evaluate to a string"),
-                )),
+                _ => Err(invalid(file, &path.key(k), format!("{k} must evaluate to a string"))),
             },
         }
     };
@@ -188,10 +176,7 @@ pub(crate) struct Evaluator<'t> {
 }
 
 impl<'t> Evaluator<'t> {
-    pub(crate) fn new(
-        params: Option<&'t Map<String, Value>>,
-        vars: Option<&'t Map<String, Value>>,
-    ) -> Self {
+    pub(crate) fn new(params: Option<&'t Map<String, Value>>, vars: Option<&'t Map<String, Value>>) -> Self {
         Evaluator {
             params,
             vars,
@@ -202,21 +187,14 @@ impl<'t> Evaluator<'t> {
     }
 
     /// Evaluates every expression string in `v` (deeply).
-    pub(crate) fn resolve(
-        &mut self,
-        file: &str,
-        path: &JPath,
-        v: &Value,
-    ) -> Result<Value, ImportError> {
+    pub(crate) fn resolve(&mut self, file: &str, path: &JPath, v: &Value) -> Result<Value, ImportError> {
         match v {
-            Value::String(s) => self
-                .eval_json_string(s)
-                .map_err(|e| ImportError::Expression {
-                    file: file.to_owned(),
-                    path: path.to_string(),
-                    expression: shorten(s),
-                    message: e.0,
-                }),
+            Value::String(s) => self.eval_json_string(s).map_err(|e| ImportError::Expression {
+                file: file.to_owned(),
+                path: path.to_string(),
+                expression: shorten(s),
+                message: e.0,
+            }),
             Value::Array(items) => items
                 .iter()
                 .enumerate()
@@ -226,9 +204,8 @@ impl<'t> Evaluator<'t> {
             Value::Object(m) => {
                 if let Some((k, Value::Array(loops))) = get_ci(m, "copy")
                     && loops.iter().any(|l| {
-                        l.as_object().is_some_and(|o| {
-                            get_ci(o, "input").is_some() && get_ci(o, "count").is_some()
-                        })
+                        l.as_object()
+                            .is_some_and(|o| get_ci(o, "input").is_some() && get_ci(o, "count").is_some())
                     })
                 {
                     return Err(invalid(
@@ -355,10 +332,7 @@ impl<'t> Evaluator<'t> {
                     Some((_, v)) => Ok(v.clone()),
                     None => err(format!("property '{name}' not found")),
                 },
-                other => err(format!(
-                    "cannot read property '{name}' of {}",
-                    type_name(&other)
-                )),
+                other => err(format!("cannot read property '{name}' of {}", type_name(&other))),
             },
             Expr::Index(base, index) => {
                 let base = self.eval(base)?;
@@ -378,11 +352,7 @@ impl<'t> Evaluator<'t> {
                         Some((_, v)) => Ok(v.clone()),
                         None => err(format!("property '{k}' not found")),
                     },
-                    _ => err(format!(
-                        "cannot index {} with {}",
-                        type_name(&base),
-                        type_name(&index)
-                    )),
+                    _ => err(format!("cannot index {} with {}", type_name(&base), type_name(&index))),
                 }
             }
             Expr::Call(name, args) => self.call(name, args),
@@ -398,10 +368,7 @@ impl<'t> Evaluator<'t> {
             return match self.eval(cond)? {
                 Value::Bool(true) => self.eval(yes),
                 Value::Bool(false) => self.eval(no),
-                other => err(format!(
-                    "if() condition is {}, not a bool",
-                    type_name(&other)
-                )),
+                other => err(format!("if() condition is {}, not a bool", type_name(&other))),
             };
         }
         let mut vals = Vec::with_capacity(args.len());
@@ -504,11 +471,7 @@ fn builtin(lname: &str, f: &str, vals: Vec<Value>) -> Result<Value, ExprError> {
                     item.cloned().unwrap_or(Value::Null)
                 }
                 Value::String(s) => {
-                    let c = if first {
-                        s.chars().next()
-                    } else {
-                        s.chars().last()
-                    };
+                    let c = if first { s.chars().next() } else { s.chars().last() };
                     Value::String(c.map(String::from).unwrap_or_default())
                 }
                 other => return err(format!("{f}() of {}", type_name(other))),
@@ -564,9 +527,7 @@ fn builtin(lname: &str, f: &str, vals: Vec<Value>) -> Result<Value, ExprError> {
                 None => s.len().saturating_sub(start),
             };
             match start.checked_add(len) {
-                Some(end) if end <= s.len() => {
-                    Value::String(s.get(start..end).unwrap_or_default().iter().collect())
-                }
+                Some(end) if end <= s.len() => Value::String(s.get(start..end).unwrap_or_default().iter().collect()),
                 _ => return err("substring(): out of range"),
             }
         }
@@ -625,10 +586,7 @@ fn builtin(lname: &str, f: &str, vals: Vec<Value>) -> Result<Value, ExprError> {
             fixed::<0>(f, &vals)?;
             Value::Null
         }
-        "coalesce" => vals
-            .into_iter()
-            .find(|v| !v.is_null())
-            .unwrap_or(Value::Null),
+        "coalesce" => vals.into_iter().find(|v| !v.is_null()).unwrap_or(Value::Null),
         "createarray" => Value::Array(vals),
         "createobject" => {
             if !vals.len().is_multiple_of(2) {
@@ -649,9 +607,8 @@ fn builtin(lname: &str, f: &str, vals: Vec<Value>) -> Result<Value, ExprError> {
                 Err(e) => return err(format!("json(): {e}")),
             }
         }
-        "reference" | "list" | "listkeys" | "listsecrets" | "uniquestring" | "newguid"
-        | "utcnow" | "deployment" | "environment" | "pickzones" | "managementgroup" | "tenant"
-        | "guid" | "base64" | "datetimeadd" => {
+        "reference" | "list" | "listkeys" | "listsecrets" | "uniquestring" | "newguid" | "utcnow" | "deployment"
+        | "environment" | "pickzones" | "managementgroup" | "tenant" | "guid" | "base64" | "datetimeadd" => {
             return err(format!(
                 "ARM function '{f}' needs a live deployment or is not supported by \
                      portcullis import"
@@ -761,10 +718,7 @@ fn concat(vals: &[Value]) -> Result<Value, ExprError> {
                 out.push_str(&s);
             }
             other => {
-                return err(format!(
-                    "concat() cannot mix strings and {}",
-                    type_name(other)
-                ));
+                return err(format!("concat() cannot mix strings and {}", type_name(other)));
             }
         }
     }
@@ -824,19 +778,14 @@ fn format_fn(vals: &[Value]) -> Result<Value, ExprError> {
 /// `resourceId([subscriptionId], [resourceGroupName], type, name1, name2, …)`.
 /// `scope_args` is how many leading scope arguments the function allows (2, 1 or 0).
 fn resource_id(f: &str, vals: &[Value], scope_args: usize) -> Result<Value, ExprError> {
-    let strs: Vec<&str> = vals
-        .iter()
-        .map(|v| str_arg(f, v))
-        .collect::<Result<_, _>>()?;
+    let strs: Vec<&str> = vals.iter().map(|v| str_arg(f, v)).collect::<Result<_, _>>()?;
     let Some(t) = strs.iter().position(|s| s.contains('/')) else {
         return err(format!(
             "{f}(): missing resource type (like 'Microsoft.Network/ipGroups')"
         ));
     };
     if t > scope_args {
-        return err(format!(
-            "{f}(): too many arguments before the resource type"
-        ));
+        return err(format!("{f}(): too many arguments before the resource type"));
     }
     let (scope, rest) = strs.split_at(t);
     let Some((rtype, names)) = rest.split_first() else {
@@ -867,9 +816,7 @@ fn resource_id(f: &str, vals: &[Value], scope_args: usize) -> Result<Value, Expr
         (_, [rg]) => format!("/subscriptions/{SUB_PLACEHOLDER}/resourceGroups/{rg}"),
         (_, [sub, rg]) => format!("/subscriptions/{sub}/resourceGroups/{rg}"),
         _ => {
-            return err(format!(
-                "{f}(): too many arguments before the resource type"
-            ));
+            return err(format!("{f}(): too many arguments before the resource type"));
         }
     };
     id.push_str("/providers/");
@@ -1051,10 +998,7 @@ impl Parser {
                 tok_text(want),
                 tok_text(&t)
             )),
-            None => err(format!(
-                "expected {} but the expression ended",
-                tok_text(want)
-            )),
+            None => err(format!("expected {} but the expression ended", tok_text(want))),
         }
     }
 
@@ -1133,9 +1077,7 @@ impl Parser {
                 _ if name.eq_ignore_ascii_case("true") => Ok(Expr::Bool(true)),
                 _ if name.eq_ignore_ascii_case("false") => Ok(Expr::Bool(false)),
                 _ if name.eq_ignore_ascii_case("null") => Ok(Expr::Null),
-                _ => err(format!(
-                    "expected '(' after function name '{name}' at offset {at}"
-                )),
+                _ => err(format!("expected '(' after function name '{name}' at offset {at}")),
             },
             Some(t) => err(format!("unexpected {} at offset {at}", tok_text(&t))),
             None => err("empty expression"),

@@ -4,18 +4,11 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use super::{
-    Gathered, ImportError, ImportOptions, Imported, JPath, PolicyIn, RcgIn, get_ci, id_pairs,
-    invalid, lower,
-};
+use super::{Gathered, ImportError, ImportOptions, Imported, JPath, PolicyIn, RcgIn, get_ci, id_pairs, invalid, lower};
 use crate::yaml_emit;
 
 /// Builds the output from everything gathered from all documents.
-pub(super) fn build(
-    g: Gathered,
-    files: &[&str],
-    opts: &ImportOptions,
-) -> Result<Imported, ImportError> {
+pub(super) fn build(g: Gathered, files: &[&str], opts: &ImportOptions) -> Result<Imported, ImportError> {
     let Gathered {
         policies,
         rcgs,
@@ -57,12 +50,9 @@ pub(super) fn build(
 
     // --- every rule collection group belongs to that policy ---
     let mut owner: Option<(String, String)> = policy.as_ref().and_then(|p| {
-        p.name.clone().map(|n| {
-            (
-                n,
-                format!("the policy at {}: {}", p.origin.file, p.origin.path),
-            )
-        })
+        p.name
+            .clone()
+            .map(|n| (n, format!("the policy at {}: {}", p.origin.file, p.origin.path)))
     });
     for r in &rcgs {
         let Some(p) = &r.policy else { continue };
@@ -110,17 +100,12 @@ pub(super) fn build(
     for g in &ip_groups {
         match ipg_names.get(&lower(&g.name)) {
             Some((_, idx)) => {
-                let same = ipg_out
-                    .get(*idx)
-                    .is_some_and(|(_, addrs)| *addrs == g.addresses);
+                let same = ipg_out.get(*idx).is_some_and(|(_, addrs)| *addrs == g.addresses);
                 if !same {
                     return Err(invalid(
                         &g.origin.file,
                         &g.origin.path,
-                        format!(
-                            "IP group {:?} is defined twice with different addresses",
-                            g.name
-                        ),
+                        format!("IP group {:?} is defined twice with different addresses", g.name),
                     ));
                 }
             }
@@ -193,16 +178,11 @@ pub(super) fn build(
     let mut root = Map::new();
     root.insert("policy".into(), Value::Object(out_policy));
 
-    let mut comments = vec![format!(
-        "Imported from {} by portcullis import",
-        files.join(", ")
-    )];
+    let mut comments = vec![format!("Imported from {} by portcullis import", files.join(", "))];
     match policy.as_ref().and_then(|p| p.name.as_deref()) {
         Some(name) => comments.push(format!("Firewall policy: {name}")),
         None if policy.is_some() => comments.push("Firewall policy: (unnamed)".into()),
-        None => comments.push(
-            "No firewall policy in the input: only rule collection groups were imported".into(),
-        ),
+        None => comments.push("No firewall policy in the input: only rule collection groups were imported".into()),
     }
     Ok(Imported {
         yaml: yaml_emit::to_yaml_with_comments(&comments, &Value::Object(root)),
@@ -259,10 +239,7 @@ fn canon(
             invalid(
                 file,
                 path,
-                format!(
-                    "unknown {field} {value:?} (expected {})",
-                    allowed.join(", ")
-                ),
+                format!("unknown {field} {value:?} (expected {})", allowed.join(", ")),
             )
         })
 }
@@ -314,10 +291,7 @@ impl<'v> Fields<'v> {
 
     /// Removes and returns a field; `null` counts as absent.
     fn take(&mut self, key: &str) -> Option<(JPath, &'v Value)> {
-        let pos = self
-            .entries
-            .iter()
-            .position(|(k, _)| k.eq_ignore_ascii_case(key))?;
+        let pos = self.entries.iter().position(|(k, _)| k.eq_ignore_ascii_case(key))?;
         let (k, v) = self.entries.remove(pos);
         (!v.is_null()).then(|| (self.path.key(k), v))
     }
@@ -352,11 +326,7 @@ impl<'v> Fields<'v> {
             Some((_, Value::Bool(b))) => Ok(Some(*b)),
             Some((_, Value::String(s))) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
             Some((_, Value::String(s))) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some((p, _)) => Err(invalid(
-                self.file,
-                &p,
-                format!("{key} must be true or false"),
-            )),
+            Some((p, _)) => Err(invalid(self.file, &p, format!("{key} must be true or false"))),
         }
     }
 
@@ -397,13 +367,7 @@ impl Conv<'_> {
     }
 
     /// An unsupported feature: an error, or (skip_unsupported) a warning saying what was dropped.
-    fn unsupported(
-        &mut self,
-        file: &str,
-        path: &JPath,
-        what: &str,
-        dropped: &str,
-    ) -> Result<(), ImportError> {
+    fn unsupported(&mut self, file: &str, path: &JPath, what: &str, dropped: &str) -> Result<(), ImportError> {
         if self.opts.skip_unsupported {
             self.warn(
                 file,
@@ -420,12 +384,7 @@ impl Conv<'_> {
         }
     }
 
-    fn unknown_fields(
-        &mut self,
-        file: &str,
-        rest: Vec<(String, JPath)>,
-        what: &str,
-    ) -> Result<bool, ImportError> {
+    fn unknown_fields(&mut self, file: &str, rest: Vec<(String, JPath)>, what: &str) -> Result<bool, ImportError> {
         let any = !rest.is_empty();
         for (key, path) in rest {
             self.unsupported(
@@ -440,20 +399,10 @@ impl Conv<'_> {
 
     // ----------------------------------------------------------------------------- policy
 
-    fn policy_settings(
-        &mut self,
-        p: &PolicyIn,
-        out: &mut Map<String, Value>,
-    ) -> Result<(), ImportError> {
+    fn policy_settings(&mut self, p: &PolicyIn, out: &mut Map<String, Value>) -> Result<(), ImportError> {
         let file = p.origin.file.as_str();
         let mut f = Fields::new(file, &p.props_path, &p.props)?;
-        f.discard(&[
-            "provisioningState",
-            "size",
-            "firewalls",
-            "childPolicies",
-            "insights",
-        ]);
+        f.discard(&["provisioningState", "size", "firewalls", "childPolicies", "insights"]);
 
         if let Some((path, v)) = f.take("sku") {
             let mut sku = Fields::of(file, &path, "sku", v)?;
@@ -472,11 +421,7 @@ impl Conv<'_> {
         if let Some((path, v)) = f.take("basePolicy") {
             let mut base = Fields::of(file, &path, "basePolicy", v)?;
             if let Some((_, id)) = base.take_str("id")? {
-                let name = id
-                    .split('/')
-                    .rfind(|s| !s.is_empty())
-                    .unwrap_or_default()
-                    .to_owned();
+                let name = id.split('/').rfind(|s| !s.is_empty()).unwrap_or_default().to_owned();
                 if name.is_empty() {
                     return Err(invalid(file, &path, "basePolicy.id is empty"));
                 }
@@ -496,13 +441,7 @@ impl Conv<'_> {
         if let Some((path, mode)) = f.take_str("threatIntelMode")?
             && !mode.is_empty()
         {
-            let mode = canon(
-                file,
-                &path,
-                "threatIntelMode",
-                &mode,
-                &["Off", "Alert", "Deny"],
-            )?;
+            let mode = canon(file, &path, "threatIntelMode", &mode, &["Off", "Alert", "Deny"])?;
             out.insert("threatIntelMode".into(), Value::String(mode.into()));
         }
 
@@ -549,13 +488,7 @@ impl Conv<'_> {
             let (_, ranges) = s.take_list("privateRanges")?;
             let auto = match s.take_str("autoLearnPrivateRanges")? {
                 Some((apath, a)) if !a.is_empty() => {
-                    match canon(
-                        file,
-                        &apath,
-                        "autoLearnPrivateRanges",
-                        &a,
-                        &["Enabled", "Disabled"],
-                    )? {
+                    match canon(file, &apath, "autoLearnPrivateRanges", &a, &["Enabled", "Disabled"])? {
                         "Enabled" => {
                             self.unsupported(
                                 file,
@@ -690,29 +623,17 @@ impl Conv<'_> {
         Ok((priority, Value::Object(m)))
     }
 
-    fn rule_collection(
-        &mut self,
-        file: &str,
-        path: &JPath,
-        v: &Value,
-    ) -> Result<Option<(i64, Value)>, ImportError> {
+    fn rule_collection(&mut self, file: &str, path: &JPath, v: &Value) -> Result<Option<(i64, Value)>, ImportError> {
         let mut f = Fields::of(file, path, "a rule collection", v)?;
         let Some((tpath, rc_type)) = f.take_str("ruleCollectionType")? else {
-            return Err(invalid(
-                file,
-                path,
-                "rule collection has no ruleCollectionType",
-            ));
+            return Err(invalid(file, path, "rule collection has no ruleCollectionType"));
         };
         let rc_type = canon(
             file,
             &tpath,
             "ruleCollectionType",
             &rc_type,
-            &[
-                "FirewallPolicyFilterRuleCollection",
-                "FirewallPolicyNatRuleCollection",
-            ],
+            &["FirewallPolicyFilterRuleCollection", "FirewallPolicyNatRuleCollection"],
         )?;
         let name = f.take_str("name")?.map(|(_, n)| n);
         let Some(priority) = f.take_int("priority")? else {
@@ -725,13 +646,7 @@ impl Conv<'_> {
         let Some((atpath, atype)) = a.take_str("type")? else {
             return Err(invalid(file, &apath, "action has no type"));
         };
-        let action = canon(
-            file,
-            &atpath,
-            "action type",
-            &atype,
-            &["Allow", "Deny", "DNAT"],
-        )?;
+        let action = canon(file, &atpath, "action type", &atype, &["Allow", "Deny", "DNAT"])?;
         let rules = f.take("rules");
         let mut unknown = a.rest();
         unknown.extend(f.rest());
@@ -766,10 +681,7 @@ impl Conv<'_> {
                             self.warn(
                                 file,
                                 &rule_path,
-                                format!(
-                                    "dropped rule {rule_name:?}: {why}{}",
-                                    deny_note(action, "rule")
-                                ),
+                                format!("dropped rule {rule_name:?}: {why}{}", deny_note(action, "rule")),
                             );
                         }
                     }
@@ -793,13 +705,7 @@ impl Conv<'_> {
 
     // ------------------------------------------------------------------------------- rules
 
-    fn rule(
-        &mut self,
-        file: &str,
-        path: &JPath,
-        v: &Value,
-        action: &str,
-    ) -> Result<RuleOutcome, ImportError> {
+    fn rule(&mut self, file: &str, path: &JPath, v: &Value, action: &str) -> Result<RuleOutcome, ImportError> {
         let mut f = Fields::of(file, path, "a rule", v)?;
         let Some((tpath, rule_type)) = f.take_str("ruleType")? else {
             return Err(invalid(file, path, "rule has no ruleType"));
@@ -831,19 +737,13 @@ impl Conv<'_> {
         }
         if self.unknown_fields(file, f.rest(), "rule")? {
             return Ok(RuleOutcome::Drop(
-                "it has fields portcullis does not know, so it could match more than in Azure"
-                    .into(),
+                "it has fields portcullis does not know, so it could match more than in Azure".into(),
             ));
         }
         Ok(RuleOutcome::Keep(Value::Object(out)))
     }
 
-    fn list_field(
-        &mut self,
-        f: &mut Fields<'_>,
-        out: &mut Map<String, Value>,
-        key: &str,
-    ) -> Result<(), ImportError> {
+    fn list_field(&mut self, f: &mut Fields<'_>, out: &mut Map<String, Value>, key: &str) -> Result<(), ImportError> {
         let (_, list) = f.take_list(key)?;
         if !list.is_empty() {
             out.insert(key.into(), strings(list));
@@ -890,9 +790,7 @@ impl Conv<'_> {
             let epath = path.idx(i);
             let name = if entry.contains('/') {
                 match id_pairs(entry).last() {
-                    Some((t, n)) if t.eq_ignore_ascii_case("ipGroups") && !n.is_empty() => {
-                        n.clone()
-                    }
+                    Some((t, n)) if t.eq_ignore_ascii_case("ipGroups") && !n.is_empty() => n.clone(),
                     _ => {
                         return Err(invalid(
                             file,
@@ -1041,8 +939,7 @@ impl Conv<'_> {
         let (_, urls) = f.take_list("targetUrls")?;
         let (_, tags) = f.take_list("fqdnTags")?;
         let (_, categories) = f.take_list("webCategories")?;
-        let had_targets =
-            !fqdns.is_empty() || !urls.is_empty() || !tags.is_empty() || !categories.is_empty();
+        let had_targets = !fqdns.is_empty() || !urls.is_empty() || !tags.is_empty() || !categories.is_empty();
         let mut partial = false;
         if !urls.is_empty() {
             self.unsupported(

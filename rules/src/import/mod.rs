@@ -56,11 +56,7 @@ pub enum ImportError {
     /// An enforcement-relevant feature portcullis does not implement (Premium and the like).
     /// `skip_unsupported` turns these into warnings.
     #[error("{file}: {path}: {what}, which portcullis does not support")]
-    Unsupported {
-        file: String,
-        path: String,
-        what: String,
-    },
+    Unsupported { file: String, path: String, what: String },
     /// An ARM template expression could not be evaluated.
     #[error("{file}: {path}: ARM expression `{expression}`: {message}")]
     Expression {
@@ -90,10 +86,7 @@ impl ImportError {
 }
 
 /// Imports the given `(file name, contents)` documents. See the module docs.
-pub fn import_documents(
-    docs: &[(String, String)],
-    opts: &ImportOptions,
-) -> Result<Imported, ImportError> {
+pub fn import_documents(docs: &[(String, String)], opts: &ImportOptions) -> Result<Imported, ImportError> {
     let mut gathered = Gathered::default();
     for (file, text) in docs {
         let value = parse_json(file, text)?;
@@ -282,12 +275,7 @@ fn is_arm_template(obj: &Map<String, Value>) -> bool {
     get_ci(obj, "resources").is_some() && get_ci(obj, "contentVersion").is_some()
 }
 
-fn gather_json(
-    file: &str,
-    path: &JPath,
-    value: &Value,
-    out: &mut Gathered,
-) -> Result<(), ImportError> {
+fn gather_json(file: &str, path: &JPath, value: &Value, out: &mut Gathered) -> Result<(), ImportError> {
     match value {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -407,12 +395,7 @@ pub(crate) fn id_pairs(id: &str) -> Vec<(String, String)> {
 fn kind_from_id(id: &str) -> Option<Kind> {
     let pairs = id_pairs(id);
     let types: Vec<String> = pairs.iter().map(|(t, _)| t.to_ascii_lowercase()).collect();
-    match types
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    match types.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["firewallpolicies"] => Some(Kind::Policy),
         ["firewallpolicies", "rulecollectiongroups"] => Some(Kind::Rcg),
         ["ipgroups"] => Some(Kind::IpGroup),
@@ -544,21 +527,14 @@ pub(crate) fn gather_resource(
                         for (i, item) in items.iter().enumerate() {
                             let item_path = list_path.idx(i);
                             let Value::Object(item_obj) = item else {
-                                return Err(invalid(
-                                    file,
-                                    &item_path,
-                                    "a rule collection group must be an object",
-                                ));
+                                return Err(invalid(file, &item_path, "a rule collection group must be an object"));
                             };
-                            let is_ref = item_obj.keys().all(|k| {
-                                k.eq_ignore_ascii_case("id")
-                                    || k.eq_ignore_ascii_case("resourceGroup")
-                            });
+                            let is_ref = item_obj
+                                .keys()
+                                .all(|k| k.eq_ignore_ascii_case("id") || k.eq_ignore_ascii_case("resourceGroup"));
                             if is_ref {
                                 if let Some(id) = get_str(file, &item_path, item_obj, "id")? {
-                                    let name = id_pairs(id)
-                                        .last()
-                                        .map_or_else(|| id.to_owned(), |(_, n)| n.clone());
+                                    let name = id_pairs(id).last().map_or_else(|| id.to_owned(), |(_, n)| n.clone());
                                     policy.rcg_refs.push((name, item_path));
                                 }
                             } else {
@@ -567,11 +543,7 @@ pub(crate) fn gather_resource(
                         }
                     }
                     _ => {
-                        return Err(invalid(
-                            file,
-                            &list_path,
-                            "ruleCollectionGroups must be a list",
-                        ));
+                        return Err(invalid(file, &list_path, "ruleCollectionGroups must be a list"));
                     }
                 }
             }
@@ -584,20 +556,11 @@ pub(crate) fn gather_resource(
             for (item_path, item_obj) in inline {
                 let env = Envelope::read(file, &item_path, &item_obj)?;
                 let parent = policy_name.as_deref().unwrap_or("");
-                gather_resource(
-                    file,
-                    &item_path,
-                    env,
-                    &item_obj,
-                    Some(parent),
-                    from_arm,
-                    out,
-                )?;
+                gather_resource(file, &item_path, env, &item_obj, Some(parent), from_arm, out)?;
             }
         }
         Kind::Rcg => {
-            let mut policy: Option<String> =
-                parent_policy.filter(|p| !p.is_empty()).map(str::to_owned);
+            let mut policy: Option<String> = parent_policy.filter(|p| !p.is_empty()).map(str::to_owned);
             let mut name = None;
             if let Some(full) = &env.name {
                 let parts: Vec<&str> = full.split('/').collect();

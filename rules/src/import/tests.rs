@@ -5,10 +5,7 @@ use super::arm::{Evaluator, ExprError};
 use super::*;
 
 fn fixture(name: &str) -> String {
-    let path = format!(
-        "{}/../tests/fixtures/import/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../tests/fixtures/import/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -19,15 +16,10 @@ fn fixture_json(name: &str) -> Value {
 const STRICT: ImportOptions = ImportOptions {
     skip_unsupported: false,
 };
-const SKIP: ImportOptions = ImportOptions {
-    skip_unsupported: true,
-};
+const SKIP: ImportOptions = ImportOptions { skip_unsupported: true };
 
 fn run(docs: &[(&str, &Value)], opts: &ImportOptions) -> Result<Imported, ImportError> {
-    let docs: Vec<(String, String)> = docs
-        .iter()
-        .map(|(f, v)| ((*f).to_owned(), v.to_string()))
-        .collect();
+    let docs: Vec<(String, String)> = docs.iter().map(|(f, v)| ((*f).to_owned(), v.to_string())).collect();
     import_documents(&docs, opts)
 }
 
@@ -119,11 +111,7 @@ fn app_rule(name: &str, extra: Value) -> Value {
 fn simple(action: &str, rules: Value) -> Value {
     json!([
         policy("fwp-lab", json!({"threatIntelMode": "Alert"})),
-        rcg(
-            "rcg-lab",
-            200,
-            json!([filter_rc("rc-lab", 100, action, rules)])
-        )
+        rcg("rcg-lab", 200, json!([filter_rc("rc-lab", 100, action, rules)]))
     ])
 }
 
@@ -144,8 +132,7 @@ fn arm_export_matches_expected_yaml_exactly() {
 fn rest_and_azcli_exports_give_the_same_yaml() {
     let expected = fixture("aks-expected.yaml");
     for file in ["aks-rest.json", "aks-azcli.json"] {
-        let out = import_documents(&[(file.into(), fixture(file))], &STRICT)
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let out = import_documents(&[(file.into(), fixture(file))], &STRICT).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(
             out.yaml.lines().next(),
             Some(format!("# Imported from {file} by portcullis import").as_str())
@@ -164,16 +151,10 @@ fn rest_and_azcli_exports_give_the_same_yaml() {
 fn output_round_trips_through_yaml_rust2() {
     let out = ok(&[("rest.json", &fixture_json("aks-rest.json"))]);
     let v = parsed(&out.yaml);
-    let groups = v["policy"]["ruleCollectionGroups"]
-        .as_array()
-        .expect("groups");
+    let groups = v["policy"]["ruleCollectionGroups"].as_array().expect("groups");
     assert_eq!(groups.len(), 3);
     let rule = &groups[1]["ruleCollections"][0]["rules"][0];
-    assert_eq!(
-        rule["destinationPorts"],
-        json!(["1194"]),
-        "ports stay strings"
-    );
+    assert_eq!(rule["destinationPorts"], json!(["1194"]), "ports stay strings");
     assert_eq!(
         groups[2]["ruleCollections"][0]["rules"][0]["protocols"][0],
         json!({"protocolType": "Http", "port": 80})
@@ -318,14 +299,8 @@ fn rule_collection_groups_without_a_policy() {
     let v = parsed(&out.yaml);
     assert!(out.yaml.contains("# No firewall policy in the input"));
     let pol = v["policy"].as_object().expect("policy");
-    assert_eq!(
-        pol.keys().collect::<Vec<_>>(),
-        vec!["ipGroups", "ruleCollectionGroups"]
-    );
-    assert_eq!(
-        v["policy"]["ruleCollectionGroups"][0]["name"],
-        "rcg-aks-network"
-    );
+    assert_eq!(pol.keys().collect::<Vec<_>>(), vec!["ipGroups", "ruleCollectionGroups"]);
+    assert_eq!(v["policy"]["ruleCollectionGroups"][0]["name"], "rcg-aks-network");
     assert!(out.warnings[0].contains("no firewall policy in the input"));
 }
 
@@ -384,10 +359,7 @@ fn rule_collection_group_of_a_foreign_policy_is_an_error() {
                    "properties": {"priority": 100}});
     let b = json!({"name": "fwp-b/rcg-2", "type": "Microsoft.Network/firewallPolicies/ruleCollectionGroups",
                    "properties": {"priority": 200}});
-    assert!(
-        fail(&[("g.json", &json!([a, b]))])
-            .contains("belongs to firewall policy \"fwp-b\", not to \"fwp-a\"")
-    );
+    assert!(fail(&[("g.json", &json!([a, b]))]).contains("belongs to firewall policy \"fwp-b\", not to \"fwp-a\""));
 
     // Policy names compare case-insensitively, as Azure's do.
     let mut arm = fixture_json("aks-arm-export.json");
@@ -424,10 +396,7 @@ fn base_policy_becomes_a_file_reference_with_a_warning() {
         json!({"basePolicy": {"id": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.Network/firewallPolicies/parent-policy"}}),
     );
     let out = ok(&[("child.json", &p)]);
-    assert_eq!(
-        parsed(&out.yaml)["policy"]["basePolicy"],
-        "parent-policy.yaml"
-    );
+    assert_eq!(parsed(&out.yaml)["policy"]["basePolicy"], "parent-policy.yaml");
     assert_eq!(out.warnings.len(), 1);
     assert!(out.warnings[0].starts_with(
         "child.json: properties.basePolicy: the policy inherits from base policy \
@@ -553,10 +522,7 @@ fn enum_casing_is_canonicalised() {
     let v = parsed(&out.yaml);
     assert_eq!(v["policy"]["threatIntelMode"], "Deny");
     let rcs = &v["policy"]["ruleCollectionGroups"][0]["ruleCollections"];
-    assert_eq!(
-        rcs[0]["ruleCollectionType"],
-        "FirewallPolicyNatRuleCollection"
-    );
+    assert_eq!(rcs[0]["ruleCollectionType"], "FirewallPolicyNatRuleCollection");
     assert_eq!(rcs[0]["action"]["type"], "DNAT");
     assert_eq!(rcs[0]["rules"][0]["ruleType"], "NatRule");
     assert_eq!(rcs[0]["rules"][0]["ipProtocols"], json!(["TCP", "UDP"]));
@@ -581,10 +547,7 @@ fn enum_casing_is_canonicalised() {
          value \"SCTP\" (expected TCP, UDP, ICMP, Any)"
     );
     let bad = simple("Block", json!([]));
-    assert!(
-        fail(&[("b.json", &bad)])
-            .contains("unknown action type \"Block\" (expected Allow, Deny, DNAT)")
-    );
+    assert!(fail(&[("b.json", &bad)]).contains("unknown action type \"Block\" (expected Allow, Deny, DNAT)"));
 }
 
 #[test]
@@ -652,10 +615,7 @@ fn ip_group_ids_become_names() {
     );
     let rule = &v["policy"]["ruleCollectionGroups"][0]["ruleCollections"][0]["rules"][0];
     assert_eq!(rule["sourceIpGroups"], json!(["IPG-Nodes"]));
-    assert_eq!(
-        rule["destinationIpGroups"],
-        json!(["ipg-elsewhere", "ipg-elsewhere"])
-    );
+    assert_eq!(rule["destinationIpGroups"], json!(["ipg-elsewhere", "ipg-elsewhere"]));
     assert_eq!(out.warnings.len(), 1, "warned once: {:?}", out.warnings);
     assert!(out.warnings[0].starts_with(
         "g.json: [2].properties.ruleCollections[0].rules[0].destinationIpGroups[0]: IP group \
@@ -670,7 +630,8 @@ fn ip_group_ids_become_names() {
     assert!(fail(&[("b.json", &bad)]).ends_with("is not an IP group resource id"));
 
     let a = json!({"name": "ipg", "type": "Microsoft.Network/ipGroups", "properties": {"ipAddresses": ["10.0.0.0/8"]}});
-    let b = json!({"name": "IPG", "type": "Microsoft.Network/ipGroups", "properties": {"ipAddresses": ["10.0.0.0/16"]}});
+    let b =
+        json!({"name": "IPG", "type": "Microsoft.Network/ipGroups", "properties": {"ipAddresses": ["10.0.0.0/16"]}});
     let p = policy("fwp-lab", json!({}));
     assert_eq!(
         fail(&[("p.json", &p), ("a.json", &a), ("b.json", &b)]),
@@ -709,10 +670,7 @@ fn bad_values_name_the_path() {
         fail(&[("v.json", &doc)]),
         "v.json: (top level): rule collection group \"rcg\" has no priority"
     );
-    let doc = simple(
-        "Allow",
-        json!([{"name": "n", "Name": "m", "ruleType": "NetworkRule"}]),
-    );
+    let doc = simple("Allow", json!([{"name": "n", "Name": "m", "ruleType": "NetworkRule"}]));
     assert!(fail(&[("v.json", &doc)]).contains("appears twice (with different letter case)"));
 }
 
@@ -730,9 +688,10 @@ fn unknown_fields_are_unsupported() {
     let out = run(&[("u.json", &doc)], &SKIP).expect("skip");
     assert_eq!(rule_names(&parsed(&out.yaml), 0, 0), Vec::<String>::new());
     assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
-    assert!(out.warnings[1].starts_with(
-        "u.json: [1].properties.ruleCollections[0].rules[0]: dropped rule \"a\": it has fields"
-    ));
+    assert!(
+        out.warnings[1]
+            .starts_with("u.json: [1].properties.ruleCollections[0].rules[0]: dropped rule \"a\": it has fields")
+    );
 
     let p = policy("fwp-lab", json!({"futureSetting": {"on": true}}));
     assert_eq!(
@@ -798,7 +757,13 @@ fn each_unsupported_feature_is_an_error_naming_file_and_path() {
     let rule_path = "[1].properties.ruleCollections[0].rules[0]";
     let cases: Vec<(Value, String)> = vec![
         (
-            simple("Allow", json!([app_rule("u", json!({"targetFqdns": [], "targetUrls": ["www.contoso.com/a"]}))])),
+            simple(
+                "Allow",
+                json!([app_rule(
+                    "u",
+                    json!({"targetFqdns": [], "targetUrls": ["www.contoso.com/a"]})
+                )]),
+            ),
             format!("{rule_path}: targetUrls need TLS inspection (Premium)"),
         ),
         (
@@ -814,7 +779,13 @@ fn each_unsupported_feature_is_an_error_naming_file_and_path() {
             format!("{rule_path}: terminateTLS true (TLS inspection, Premium)"),
         ),
         (
-            simple("Allow", json!([app_rule("m", json!({"protocols": [{"protocolType": "Mssql", "port": 1433}]}))])),
+            simple(
+                "Allow",
+                json!([app_rule(
+                    "m",
+                    json!({"protocols": [{"protocolType": "Mssql", "port": 1433}]})
+                )]),
+            ),
             format!("{rule_path}: protocol Mssql (SQL FQDN filtering)"),
         ),
         (
@@ -822,11 +793,17 @@ fn each_unsupported_feature_is_an_error_naming_file_and_path() {
             "properties.intrusionDetection: intrusionDetection mode Alert (IDPS, Premium)".into(),
         ),
         (
-            json!(policy("p", json!({"explicitProxy": {"enableExplicitProxy": true, "httpPort": 8080}}))),
+            json!(policy(
+                "p",
+                json!({"explicitProxy": {"enableExplicitProxy": true, "httpPort": 8080}})
+            )),
             "properties.explicitProxy: explicitProxy enabled (explicit proxy mode)".into(),
         ),
         (
-            json!(policy("p", json!({"transportSecurity": {"certificateAuthority": {"name": "ca"}}}))),
+            json!(policy(
+                "p",
+                json!({"transportSecurity": {"certificateAuthority": {"name": "ca"}}})
+            )),
             "properties.transportSecurity: transportSecurity (the TLS inspection CA certificate, Premium)".into(),
         ),
         (
@@ -836,7 +813,8 @@ fn each_unsupported_feature_is_an_error_naming_file_and_path() {
         (
             json!(policy("p", json!({"snat": {"autoLearnPrivateRanges": "Enabled"}}))),
             "properties.snat.autoLearnPrivateRanges: autoLearnPrivateRanges Enabled (learning SNAT \
-             ranges from Azure Route Server)".into(),
+             ranges from Azure Route Server)"
+                .into(),
         ),
     ];
     for (doc, expected) in cases {
@@ -880,10 +858,7 @@ fn partly_unsupported_rules_keep_only_supported_targets() {
     let v = parsed(&out.yaml);
     let rule = &v["policy"]["ruleCollectionGroups"][0]["ruleCollections"][0]["rules"][0];
     assert_eq!(rule["targetFqdns"], json!(["www.contoso.com"]));
-    assert_eq!(
-        rule["protocols"],
-        json!([{"protocolType": "Https", "port": 443}])
-    );
+    assert_eq!(rule["protocols"], json!([{"protocolType": "Https", "port": 443}]));
     assert!(rule.get("webCategories").is_none());
     assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
 
@@ -900,15 +875,9 @@ fn partly_unsupported_rules_keep_only_supported_targets() {
     assert!(out.warnings[1].contains("its only protocols were unsupported"));
 
     // A Deny rule that loses some targets says it blocks less.
-    let doc = simple(
-        "Deny",
-        json!([app_rule("d", json!({"webCategories": ["Gambling"]}))]),
-    );
+    let doc = simple("Deny", json!([app_rule("d", json!({"webCategories": ["Gambling"]}))]));
     let out = run(&[("m.json", &doc)], &SKIP).expect("skip");
-    assert!(
-        out.warnings[1]
-            .ends_with("this Deny rule lost some of its targets, so it blocks less than in Azure")
-    );
+    assert!(out.warnings[1].ends_with("this Deny rule lost some of its targets, so it blocks less than in Azure"));
 }
 
 // ------------------------------------------------------------------------------ ARM expressions
@@ -943,10 +912,7 @@ fn eval(expr: &str) -> Result<Value, ExprError> {
 #[test]
 fn arm_literals_and_escapes() {
     assert_eq!(eval("plain"), Ok(json!("plain")));
-    assert_eq!(
-        eval("[[not an expression]"),
-        Ok(json!("[not an expression]"))
-    );
+    assert_eq!(eval("[[not an expression]"), Ok(json!("[not an expression]")));
     assert_eq!(eval("['it''s']"), Ok(json!("it's")));
     assert_eq!(eval("[concat('a''', '''b', '''')]"), Ok(json!("a''b'")));
     assert_eq!(eval("[ concat( 'x' , 'y' ) ]"), Ok(json!("xy")));
@@ -962,34 +928,17 @@ fn arm_literals_and_escapes() {
 
 #[test]
 fn arm_parameters_variables_and_nesting() {
-    assert_eq!(
-        eval("[parameters('policyName')]"),
-        Ok(json!("fwp-aks-egress"))
-    );
-    assert_eq!(
-        eval("[PARAMETERS('POLICYNAME')]"),
-        Ok(json!("fwp-aks-egress"))
-    );
+    assert_eq!(eval("[parameters('policyName')]"), Ok(json!("fwp-aks-egress")));
+    assert_eq!(eval("[PARAMETERS('POLICYNAME')]"), Ok(json!("fwp-aks-egress")));
     assert_eq!(eval("[parameters('prio')]"), Ok(json!(200)));
-    assert_eq!(
-        eval("[parameters('derived')]"),
-        Ok(json!("fwp-aks-egress-x"))
-    );
-    assert_eq!(
-        eval("[variables('rcg')]"),
-        Ok(json!("fwp-aks-egress/rcg-net"))
-    );
-    assert_eq!(
-        eval("[variables('names')]"),
-        Ok(json!(["fwp-aks-egress", "literal"]))
-    );
+    assert_eq!(eval("[parameters('derived')]"), Ok(json!("fwp-aks-egress-x")));
+    assert_eq!(eval("[variables('rcg')]"), Ok(json!("fwp-aks-egress/rcg-net")));
+    assert_eq!(eval("[variables('names')]"), Ok(json!(["fwp-aks-egress", "literal"])));
     assert_eq!(eval("[parameters('obj').name]"), Ok(json!("n")));
     assert_eq!(eval("[parameters('obj')['list'][1]]"), Ok(json!("b")));
     assert_eq!(eval("[variables('names')[0]]"), Ok(json!("fwp-aks-egress")));
     assert_eq!(
-        eval(
-            "[format('{0}/{1}-{2}', concat(parameters('policyName'), ''), toLower('RCG'), parameters('prio'))]"
-        ),
+        eval("[format('{0}/{1}-{2}', concat(parameters('policyName'), ''), toLower('RCG'), parameters('prio'))]"),
         Ok(json!("fwp-aks-egress/rcg-200"))
     );
     assert_eq!(
@@ -1004,10 +953,7 @@ fn arm_parameters_variables_and_nesting() {
         eval("[if(equals(parameters('prio'), 200), 'yes', reference('never'))]"),
         Ok(json!("yes"))
     );
-    assert_eq!(
-        eval("[last(split(variables('rcg'), '/'))]"),
-        Ok(json!("rcg-net"))
-    );
+    assert_eq!(eval("[last(split(variables('rcg'), '/'))]"), Ok(json!("rcg-net")));
     assert_eq!(
         eval("[replace(parameters('policyName'), '-', '_')]"),
         Ok(json!("fwp_aks_egress"))
@@ -1016,10 +962,7 @@ fn arm_parameters_variables_and_nesting() {
     assert_eq!(eval("[int('65000')]"), Ok(json!(65000)));
     assert_eq!(eval("[substring('abcdef', 1, 3)]"), Ok(json!("bcd")));
     assert_eq!(eval("[coalesce(null(), 'x')]"), Ok(json!("x")));
-    assert_eq!(
-        eval("[and(true, not(false), or(false, true))]"),
-        Ok(json!(true))
-    );
+    assert_eq!(eval("[and(true, not(false), or(false, true))]"), Ok(json!(true)));
     assert_eq!(eval("[json('{\"a\": [1]}').a[0]]"), Ok(json!(1)));
     assert_eq!(eval("[createObject('k', 'v').k]"), Ok(json!("v")));
     assert_eq!(eval("[length(parameters('obj').list)]"), Ok(json!(2)));
@@ -1086,29 +1029,18 @@ fn arm_errors() {
         "user-defined function 'lab.fn' is not supported by portcullis import"
     );
     assert_eq!(e("[parameters('missing')]"), "unknown parameter 'missing'");
-    assert!(
-        e("[parameters('noDefault')]").starts_with("parameter 'noDefault' has no defaultValue")
-    );
+    assert!(e("[parameters('noDefault')]").starts_with("parameter 'noDefault' has no defaultValue"));
     assert_eq!(
         e("[variables('self')]"),
         "in variables('self'): variables('self') refers to itself"
     );
     assert!(e("[variables('a')]").ends_with("variables('a') refers to itself"));
-    assert_eq!(
-        e("['unterminated]"),
-        "unterminated string starting at offset 1"
-    );
-    assert_eq!(
-        e("[concat('a']"),
-        "missing ')' at the end of the expression"
-    );
+    assert_eq!(e("['unterminated]"), "unterminated string starting at offset 1");
+    assert_eq!(e("[concat('a']"), "missing ')' at the end of the expression");
     assert_eq!(e("[concat('a') 'b']"), "unexpected string 'b' at offset 13");
     assert_eq!(e("[]"), "empty expression");
     assert_eq!(e("[concat('a', )]"), "unexpected ')' at offset 13");
-    assert_eq!(
-        e("[concat]"),
-        "expected '(' after function name 'concat' at offset 1"
-    );
+    assert_eq!(e("[concat]"), "expected '(' after function name 'concat' at offset 1");
     assert!(e("[format('{0:N2}', 1)]").contains("is not supported"));
     assert!(e("[format('{1}', 'a')]").contains("no argument for {1}"));
     assert!(e("[parameters('obj').nope]").contains("property 'nope' not found"));
@@ -1123,9 +1055,8 @@ fn arm_errors() {
 #[test]
 fn arm_expression_errors_name_file_path_and_expression() {
     let mut arm = fixture_json("aks-arm-export.json");
-    arm["resources"][4]["properties"]["ruleCollections"][0]["rules"][4]["sourceIpGroups"][0] = json!(
-        "[resourceId('Microsoft.Network/ipGroups', parameter('ipGroups_ipg_aks_nodes_name'))]"
-    );
+    arm["resources"][4]["properties"]["ruleCollections"][0]["rules"][4]["sourceIpGroups"][0] =
+        json!("[resourceId('Microsoft.Network/ipGroups', parameter('ipGroups_ipg_aks_nodes_name'))]");
     assert_eq!(
         fail(&[("arm.json", &arm)]),
         "arm.json: resources[4].properties.ruleCollections[0].rules[4].sourceIpGroups[0]: ARM \
@@ -1136,10 +1067,7 @@ fn arm_expression_errors_name_file_path_and_expression() {
     );
     let mut arm = fixture_json("aks-arm-export.json");
     arm["resources"][0]["copy"] = json!({"name": "loop", "count": 2});
-    assert!(
-        fail(&[("arm.json", &arm)])
-            .starts_with("arm.json: resources[0].copy: ARM copy loops are not supported")
-    );
+    assert!(fail(&[("arm.json", &arm)]).starts_with("arm.json: resources[0].copy: ARM copy loops are not supported"));
     let mut arm = fixture_json("aks-arm-export.json");
     arm["resources"][3]["properties"]["ruleCollections"] =
         json!([{"copy": [{"name": "ruleCollections", "count": 2, "input": {}}]}]);
@@ -1176,25 +1104,16 @@ fn deeply_chained_variables_fail_cleanly_instead_of_overflowing_the_stack() {
         "resources": [{"type": "Microsoft.Network/firewallPolicies", "name": "[string(variables('a'))]"}]
     });
     let msg = fail(&[("deep.json", &arm)]);
-    assert!(
-        msg.contains("refers to itself") || msg.contains("too deeply"),
-        "{msg}"
-    );
+    assert!(msg.contains("refers to itself") || msg.contains("too deeply"), "{msg}");
 }
 
 #[test]
 fn malformed_json_reports_line_and_column() {
     let text = "{\n  \"name\": \"fwp\",\n  \"properties\": {,}\n}\n";
     let err = import_documents(&[("arm.json".into(), text.into())], &STRICT).expect_err("bad");
-    assert_eq!(
-        err.to_string(),
-        "arm.json:3:18: invalid JSON: key must be a string"
-    );
+    assert_eq!(err.to_string(), "arm.json:3:18: invalid JSON: key must be a string");
     let err = import_documents(&[("e.json".into(), String::new())], &STRICT).expect_err("bad");
-    assert_eq!(
-        err.to_string(),
-        "e.json:1:0: invalid JSON: EOF while parsing a value"
-    );
+    assert_eq!(err.to_string(), "e.json:1:0: invalid JSON: EOF while parsing a value");
     // A UTF-8 BOM (as Windows tools write) is fine.
     let text = format!("\u{feff}{}", fixture("aks-rest.json"));
     import_documents(&[("bom.json".into(), text)], &STRICT).expect("BOM accepted");
@@ -1215,11 +1134,9 @@ fn maximal_json_nesting_does_not_overflow_the_stack() {
     let text = arm.to_string();
     assert!(import_documents(&[("n.json".into(), text)], &SKIP).is_ok());
 
-    let mut child =
-        json!({"type": "ruleCollectionGroups", "name": "leaf", "properties": {"priority": 100}});
+    let mut child = json!({"type": "ruleCollectionGroups", "name": "leaf", "properties": {"priority": 100}});
     for i in 0..60 {
-        child =
-            json!({"type": "ruleCollectionGroups", "name": format!("g{i}"), "resources": [child]});
+        child = json!({"type": "ruleCollectionGroups", "name": format!("g{i}"), "resources": [child]});
     }
     let arm = json!({"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
                      "resources": [{"type": "Microsoft.Network/firewallPolicies", "name": "p", "resources": [child]}]});
@@ -1274,9 +1191,7 @@ fn must_not_panic(text: String) {
 
 #[test]
 fn no_panic_on_mutated_bytes() {
-    const JUNK: &[&str] = &[
-        "[", "]", "{", "}", "'", "\"", "(", ")", ",", "\\", "\u{0}", "[[", "é",
-    ];
+    const JUNK: &[&str] = &["[", "]", "{", "}", "'", "\"", "(", ")", ",", "\\", "\u{0}", "[[", "é"];
     let mut rng = Lcg(7);
     for text in all_fixture_texts() {
         let bytes = text.into_bytes();

@@ -1,0 +1,5 @@
+//! portcullis appliance: the daemon and CLI around the policy engine (`portcullis-rules`).
+
+pub mod bpf;
+pub mod cli;
+pub mod lab;
