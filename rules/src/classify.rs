@@ -36,8 +36,8 @@
 
 use crate::addr::{AddrSet, Ipv4Range};
 use crate::appindex::AppIndex;
-use crate::decode::{Action, AppProtocol, NatTarget, ThreatIntelMode};
-use crate::eval::{DEFAULT_DENY_REASON, Decision, Env, Flow, Protocol, Resolutions, Stage, Translation, Verdict};
+use crate::decode::{Action, AppProtocol, NatTarget};
+use crate::eval::{Decision, Env, Flow, NoTrace, Resolutions, Stages, Tracer, Translation};
 use crate::fqdn::Name;
 use crate::policy::{Policy, RuleKind};
 use std::collections::{BTreeMap, HashMap};
@@ -840,172 +840,42 @@ impl Policy {
     /// The same [`Decision`] as [`decide`](Self::decide) (the linear reference, which `explain` keeps
     /// using), answered from the compiled tables. `fast` must be built from this policy.
     pub fn decide_fast(&self, fast: &FastPath, flow: &Flow, env: &Env<'_>) -> Decision {
-        let mut alerts = Vec::new();
-        if let Some(d) = self.fast_threat_intel(flow, env, &mut alerts) {
-            return d;
-        }
+        self.run(fast, flow, env, &mut NoTrace)
+    }
+}
+
+impl Stages for FastPath {
+    fn nat<T: Tracer>(&self, _: &Policy, flow: &Flow, env: &Env<'_>, _: &mut T) -> Option<(usize, Translation)> {
         let proto = flow.protocol.ip_number();
-        if let (Some(dst), PROTO_TCP | PROTO_UDP) = (flow.destination_ip, proto)
-            && let Some((i, tr)) = fast
-                .nat
-                .lookup_translated(proto, flow.source, dst, flow.port, env.resolutions)
-        {
-            let detail = format!(
-                "translated to {}:{}; source rewritten to the appliance's internal address",
-                tr.address, tr.port
-            );
-            let reason = format!("DNAT rule {} matched: {detail}", self.rules[i].name);
-            let mut d = self.fast_decided(Verdict::Dnat, Stage::Dnat, i, reason, alerts);
-            d.translated = Some(tr);
-            d.snat = Some(true);
-            return d;
+        match (flow.destination_ip, proto) {
+            (Some(dst), PROTO_TCP | PROTO_UDP) => {
+                self.nat
+                    .lookup_translated(proto, flow.source, dst, flow.port, env.resolutions)
+            }
+            _ => None,
         }
-        if let Some(i) = fast.network.lookup_flow(
+    }
+
+    fn network<T: Tracer>(&self, _: &Policy, flow: &Flow, env: &Env<'_>, _: &mut T) -> Option<usize> {
+        self.network.lookup_flow(
             flow.source,
             flow.destination_ip,
             flow.destination_name.as_ref(),
-            proto,
+            flow.protocol.ip_number(),
             flow.port,
             env.resolutions,
-        ) {
-            let rule = &self.rules[i];
-            let action = self.collection_of(rule).action;
-            let verdict = if action == Action::Allow {
-                Verdict::Allow
-            } else {
-                Verdict::Deny
-            };
-            let reason = format!("Network rule {} matched: {action:?}", rule.name);
-            let mut d = self.fast_decided(verdict, Stage::Network, i, reason, alerts);
-            if verdict == Verdict::Allow {
-                d.snat = flow.destination_ip.map(|ip| self.network_snat(ip));
-            }
-            return d;
-        }
-        let app_proto = match flow.protocol {
-            Protocol::Http => AppProtocol::Http,
-            Protocol::Https => AppProtocol::Https,
-            _ => {
-                if flow.protocol == Protocol::Tcp && fast.application.intercepts(flow.port) {
-                    let reason = format!(
-                        "No rule matched. TCP port {} is intercepted for application rules: only HTTP (by Host) or TLS (by SNI) can be allowed there; other bytes are denied",
-                        flow.port
-                    );
-                    return self.fast_default_deny(reason, alerts, Stage::Default);
-                }
-                return self.fast_default_deny(DEFAULT_DENY_REASON.to_string(), alerts, Stage::Default);
-            }
-        };
-        let Some(name) = flow.destination_name.as_ref() else {
-            let reason = match app_proto {
-                AppProtocol::Https => "SNI TLS extension was missing.",
-                AppProtocol::Http => "HTTP request without a Host header.",
-            };
-            return self.fast_default_deny(reason.to_string(), alerts, Stage::Application);
-        };
-        if app_proto == AppProtocol::Http {
-            let host_port = flow.host_port.unwrap_or(80);
-            if host_port != flow.port {
-                let reason = format!(
-                    "Host header port {host_port} does not match the TCP port {}; dropped",
-                    flow.port
-                );
-                return self.fast_default_deny(reason, alerts, Stage::Application);
-            }
-        }
-        let Some(i) = fast.application.lookup(app_proto, flow.port, flow.source, name) else {
-            return self.fast_default_deny(DEFAULT_DENY_REASON.to_string(), alerts, Stage::Default);
-        };
-        let rule = &self.rules[i];
-        let RuleKind::Application(a) = &rule.kind else {
-            unreachable!("AppIndex returns application rules only")
-        };
-        let target = a
-            .targets
-            .iter()
-            .find(|t| t.pattern.matches(name))
-            .expect("AppIndex returns a rule with a matching target");
-        let action = self.collection_of(rule).action;
-        let via = match &target.tag {
-            Some(tag) => format!("{} (FQDN tag {tag})", target.pattern),
-            None => target.pattern.to_string(),
-        };
-        let verdict = if action == Action::Allow {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
-        };
-        let reason = format!("Application rule {} matched: {name} matches {via}", rule.name);
-        let mut d = self.fast_decided(verdict, Stage::Application, i, reason, alerts);
-        if verdict == Verdict::Allow {
-            d.snat = Some(true);
-        }
-        d
+        )
     }
 
-    // The helpers below mirror the private ones of `eval` (which this module cannot call); the
-    // equivalence tests compare whole `Decision`s, so any drift shows.
-
-    fn fast_threat_intel(&self, flow: &Flow, env: &Env<'_>, alerts: &mut Vec<String>) -> Option<Decision> {
-        let ti = &self.threat_intel;
-        if ti.mode == ThreatIntelMode::Off {
-            return None;
-        }
-        let feed = env.threat_feed?;
-        let ip_hit = flow
-            .destination_ip
-            .filter(|ip| feed.contains_ip(*ip) && !ti.allow_ips.contains(*ip));
-        let name_hit = flow
-            .destination_name
-            .as_ref()
-            .filter(|n| feed.contains_name(n) && !ti.allow_fqdns.iter().any(|p| p.matches(n)));
-        let what = match (ip_hit, name_hit) {
-            (Some(ip), _) => ip.to_string(),
-            (None, Some(n)) => n.to_string(),
-            (None, None) => return None,
-        };
-        let msg = format!("Threat intelligence: {what} is on the threat-intel feed");
-        if ti.mode == ThreatIntelMode::Deny {
-            return Some(self.fast_default_deny(msg, Vec::new(), Stage::ThreatIntel));
-        }
-        alerts.push(msg);
-        None
-    }
-
-    fn fast_decided(&self, verdict: Verdict, stage: Stage, i: usize, reason: String, alerts: Vec<String>) -> Decision {
-        let rule = &self.rules[i];
-        let c = self.collection_of(rule);
-        Decision {
-            verdict,
-            stage,
-            policy: Some(c.policy.clone()),
-            rule_collection_group: Some(c.group.clone()),
-            rule_collection: Some(c.name.clone()),
-            rule: Some(rule.name.clone()),
-            rule_index: Some(i),
-            reason,
-            translated: None,
-            snat: None,
-            alerts,
-            trace: Vec::new(),
-        }
-    }
-
-    fn fast_default_deny(&self, reason: String, alerts: Vec<String>, stage: Stage) -> Decision {
-        Decision {
-            verdict: Verdict::Deny,
-            stage,
-            policy: Some(self.name.clone()),
-            rule_collection_group: None,
-            rule_collection: None,
-            rule: None,
-            rule_index: None,
-            reason,
-            translated: None,
-            snat: None,
-            alerts,
-            trace: Vec::new(),
-        }
+    fn application<T: Tracer>(
+        &self,
+        _: &Policy,
+        proto: AppProtocol,
+        flow: &Flow,
+        name: &Name,
+        _: &mut T,
+    ) -> Option<usize> {
+        self.application.lookup(proto, flow.port, flow.source, name)
     }
 }
 

@@ -6,7 +6,7 @@
 use crate::addr::AddrSet;
 use crate::decode::{Action, AppProtocol, NatTarget, ThreatIntelMode};
 use crate::fqdn::Name;
-use crate::policy::{Policy, Rule, RuleKind, RuleType};
+use crate::policy::{Policy, Rule, RuleKind, RuleType, Target};
 use crate::threat::ThreatFeed;
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -188,6 +188,45 @@ impl Tracer for Trace {
     }
 }
 
+/// Finds the deciding rule of each stage; implemented by the linear reference (with trace) and by the
+/// compiled tables (`classify::FastPath`).
+pub(crate) trait Stages {
+    fn nat<T: Tracer>(&self, p: &Policy, flow: &Flow, env: &Env<'_>, t: &mut T) -> Option<(usize, Translation)>;
+    fn network<T: Tracer>(&self, p: &Policy, flow: &Flow, env: &Env<'_>, t: &mut T) -> Option<usize>;
+    fn application<T: Tracer>(
+        &self,
+        p: &Policy,
+        proto: AppProtocol,
+        flow: &Flow,
+        name: &Name,
+        t: &mut T,
+    ) -> Option<usize>;
+}
+
+/// Rule by rule, in order, recording every rule it looks at.
+pub(crate) struct Linear;
+
+impl Stages for Linear {
+    fn nat<T: Tracer>(&self, p: &Policy, flow: &Flow, env: &Env<'_>, t: &mut T) -> Option<(usize, Translation)> {
+        p.linear_nat(flow, env, t)
+    }
+
+    fn network<T: Tracer>(&self, p: &Policy, flow: &Flow, env: &Env<'_>, t: &mut T) -> Option<usize> {
+        p.linear_network(flow, env, t)
+    }
+
+    fn application<T: Tracer>(
+        &self,
+        p: &Policy,
+        proto: AppProtocol,
+        flow: &Flow,
+        name: &Name,
+        t: &mut T,
+    ) -> Option<usize> {
+        p.linear_application(proto, flow, name, t)
+    }
+}
+
 /// Why one rule did not match (turned into text only when tracing).
 enum Miss {
     Protocol,
@@ -216,10 +255,111 @@ impl Policy {
     }
 
     pub fn evaluate<T: Tracer>(&self, flow: &Flow, env: &Env<'_>, t: &mut T) -> Decision {
+        self.run(&Linear, flow, env, t)
+    }
+
+    /// Azure's pipeline, written once: `stages` finds the deciding rule of each stage (the linear
+    /// reference with its trace, or the compiled tables), everything else — threat intelligence, the
+    /// order of stages, reasons, the decision itself — is shared, so `explain` and enforcement agree.
+    pub(crate) fn run<S: Stages, T: Tracer>(&self, stages: &S, flow: &Flow, env: &Env<'_>, t: &mut T) -> Decision {
         let mut alerts = Vec::new();
         if let Some(d) = self.threat_intel(flow, env, t, &mut alerts) {
             return d;
         }
+        if let Some((i, tr)) = stages.nat(self, flow, env, t) {
+            let detail = format!(
+                "translated to {}:{}; source rewritten to the appliance's internal address",
+                tr.address, tr.port
+            );
+            let reason = format!("DNAT rule {} matched: {detail}", self.rules[i].name);
+            let mut d = self.decided(Verdict::Dnat, Stage::Dnat, i, reason, alerts);
+            d.translated = Some(tr);
+            d.snat = Some(true);
+            return d;
+        }
+        if let Some(i) = stages.network(self, flow, env, t) {
+            let rule = &self.rules[i];
+            let action = self.collection_of(rule).action;
+            let verdict = if action == Action::Allow {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+            let mut d = self.decided(
+                verdict,
+                Stage::Network,
+                i,
+                format!("Network rule {} matched: {action:?}", rule.name),
+                alerts,
+            );
+            if verdict == Verdict::Allow {
+                d.snat = flow.destination_ip.map(|ip| self.network_snat(ip));
+            }
+            return d;
+        }
+        let app_proto = match flow.protocol {
+            Protocol::Http => AppProtocol::Http,
+            Protocol::Https => AppProtocol::Https,
+            _ => {
+                if flow.protocol == Protocol::Tcp && self.app_ports.contains_key(&flow.port) {
+                    let reason = format!(
+                        "No rule matched. TCP port {} is intercepted for application rules: only HTTP (by Host) or TLS (by SNI) can be allowed there; other bytes are denied",
+                        flow.port
+                    );
+                    return self.default_deny(t, reason, alerts);
+                }
+                return self.default_deny(t, DEFAULT_DENY_REASON.to_string(), alerts);
+            }
+        };
+        let Some(name) = flow.destination_name.as_ref() else {
+            let reason = match app_proto {
+                AppProtocol::Https => "SNI TLS extension was missing.",
+                AppProtocol::Http => "HTTP request without a Host header.",
+            };
+            return self.application_deny(t, reason.to_string(), alerts);
+        };
+        if app_proto == AppProtocol::Http {
+            // Azure assumes port 80 when the Host header names none, and drops a mismatch (§3).
+            let host_port = flow.host_port.unwrap_or(80);
+            if host_port != flow.port {
+                let reason = format!(
+                    "Host header port {host_port} does not match the TCP port {}; dropped",
+                    flow.port
+                );
+                return self.application_deny(t, reason, alerts);
+            }
+        }
+        let Some(i) = stages.application(self, app_proto, flow, name, t) else {
+            return self.application_deny(t, DEFAULT_DENY_REASON.to_string(), alerts);
+        };
+        let rule = &self.rules[i];
+        let target = match &rule.kind {
+            RuleKind::Application(a) => a.targets.iter().find(|tg| tg.pattern.matches(name)),
+            _ => None,
+        };
+        let via = match target {
+            Some(Target {
+                pattern,
+                tag: Some(tag),
+            }) => format!("{pattern} (FQDN tag {tag})"),
+            Some(Target { pattern, tag: None }) => pattern.to_string(),
+            None => name.to_string(),
+        };
+        let action = self.collection_of(rule).action;
+        let verdict = if action == Action::Allow {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        let reason = format!("Application rule {} matched: {name} matches {via}", rule.name);
+        let mut d = self.decided(verdict, Stage::Application, i, reason, alerts);
+        if verdict == Verdict::Allow {
+            d.snat = Some(true);
+        }
+        d
+    }
+
+    fn linear_nat<T: Tracer>(&self, flow: &Flow, env: &Env<'_>, t: &mut T) -> Option<(usize, Translation)> {
         for i in self.nat_rules.clone() {
             let rule = &self.rules[i];
             let RuleKind::Nat(n) = &rule.kind else { continue };
@@ -261,30 +401,22 @@ impl Policy {
                         address,
                         port: n.translated_port,
                     };
-                    let detail = format!(
-                        "translated to {}:{}; source rewritten to the appliance's internal address",
-                        tr.address, tr.port
-                    );
-                    self.note(t, Stage::Dnat, rule, "match", &detail);
-                    let mut d = self.decided(
-                        Verdict::Dnat,
+                    self.note(
+                        t,
                         Stage::Dnat,
-                        i,
-                        format!("DNAT rule {} matched: {detail}", rule.name),
-                        alerts,
+                        rule,
+                        "match",
+                        &format!("translated to {}:{}", tr.address, tr.port),
                     );
-                    d.translated = Some(tr);
-                    d.snat = Some(true);
-                    return d;
+                    return Some((i, tr));
                 }
-                Err(m) => {
-                    if T::ENABLED {
-                        let detail = self.miss_text(&m, rule, flow);
-                        self.note(t, Stage::Dnat, rule, "no match", &detail);
-                    }
-                }
+                Err(m) => self.miss(t, Stage::Dnat, rule, flow, &m),
             }
         }
+        None
+    }
+
+    fn linear_network<T: Tracer>(&self, flow: &Flow, env: &Env<'_>, t: &mut T) -> Option<usize> {
         for i in self.network_rules.clone() {
             let rule = &self.rules[i];
             let RuleKind::Network(n) = &rule.kind else { continue };
@@ -322,65 +454,22 @@ impl Policy {
             match res {
                 Ok(()) => {
                     let action = self.collection_of(rule).action;
-                    let verdict = if action == Action::Allow {
-                        Verdict::Allow
-                    } else {
-                        Verdict::Deny
-                    };
                     self.note(t, Stage::Network, rule, "match", &format!("{action:?}"));
-                    let mut d = self.decided(
-                        verdict,
-                        Stage::Network,
-                        i,
-                        format!("Network rule {} matched: {action:?}", rule.name),
-                        alerts,
-                    );
-                    if verdict == Verdict::Allow {
-                        d.snat = flow.destination_ip.map(|ip| self.network_snat(ip));
-                    }
-                    return d;
+                    return Some(i);
                 }
-                Err(m) => {
-                    if T::ENABLED {
-                        let detail = self.miss_text(&m, rule, flow);
-                        self.note(t, Stage::Network, rule, "no match", &detail);
-                    }
-                }
+                Err(m) => self.miss(t, Stage::Network, rule, flow, &m),
             }
         }
-        let app_proto = match flow.protocol {
-            Protocol::Http => Some(AppProtocol::Http),
-            Protocol::Https => Some(AppProtocol::Https),
-            _ => None,
-        };
-        let Some(app_proto) = app_proto else {
-            if flow.protocol == Protocol::Tcp && self.application_ports().contains_key(&flow.port) {
-                let reason = format!(
-                    "No rule matched. TCP port {} is intercepted for application rules: only HTTP (by Host) or TLS (by SNI) can be allowed there; other bytes are denied",
-                    flow.port
-                );
-                return self.default_deny(t, reason, alerts);
-            }
-            return self.default_deny(t, DEFAULT_DENY_REASON.to_string(), alerts);
-        };
-        let Some(name) = flow.destination_name.as_ref() else {
-            let reason = match app_proto {
-                AppProtocol::Https => "SNI TLS extension was missing.",
-                AppProtocol::Http => "HTTP request without a Host header.",
-            };
-            return self.application_deny(t, reason.to_string(), alerts);
-        };
-        if app_proto == AppProtocol::Http {
-            // Azure assumes port 80 when the Host header names none, and drops a mismatch (§3).
-            let host_port = flow.host_port.unwrap_or(80);
-            if host_port != flow.port {
-                let reason = format!(
-                    "Host header port {host_port} does not match the TCP port {}; dropped",
-                    flow.port
-                );
-                return self.application_deny(t, reason, alerts);
-            }
-        }
+        None
+    }
+
+    fn linear_application<T: Tracer>(
+        &self,
+        app_proto: AppProtocol,
+        flow: &Flow,
+        name: &Name,
+        t: &mut T,
+    ) -> Option<usize> {
         for i in self.application_rules.clone() {
             let rule = &self.rules[i];
             let RuleKind::Application(a) = &rule.kind else { continue };
@@ -404,36 +493,23 @@ impl Policy {
                 self.miss(t, Stage::Application, rule, flow, &Miss::Name);
                 continue;
             };
-            let action = self.collection_of(rule).action;
-            let via = match &target.tag {
-                Some(tag) => format!("{} (FQDN tag {tag})", target.pattern),
-                None => target.pattern.to_string(),
-            };
-            self.note(
-                t,
-                Stage::Application,
-                rule,
-                "match",
-                &format!("{action:?}: {name} matches {via}"),
-            );
-            let verdict = if action == Action::Allow {
-                Verdict::Allow
-            } else {
-                Verdict::Deny
-            };
-            let mut d = self.decided(
-                verdict,
-                Stage::Application,
-                i,
-                format!("Application rule {} matched: {name} matches {via}", rule.name),
-                alerts,
-            );
-            if verdict == Verdict::Allow {
-                d.snat = Some(true);
+            if T::ENABLED {
+                let action = self.collection_of(rule).action;
+                let via = match &target.tag {
+                    Some(tag) => format!("{} (FQDN tag {tag})", target.pattern),
+                    None => target.pattern.to_string(),
+                };
+                self.note(
+                    t,
+                    Stage::Application,
+                    rule,
+                    "match",
+                    &format!("{action:?}: {name} matches {via}"),
+                );
             }
-            return d;
+            return Some(i);
         }
-        self.application_deny(t, DEFAULT_DENY_REASON.to_string(), alerts)
+        None
     }
 
     fn threat_intel<T: Tracer>(
