@@ -52,6 +52,16 @@ pub enum Command {
     /// Run the lab: load the embedded AKS egress baseline, explain sample flows, and exercise the XDP data
     /// plane in a throw-away network namespace (needs root for the XDP part)
     Lab(LabArgs),
+    /// Run the appliance: enforce the policy on the interfaces of its `appliance` section
+    ///
+    /// Loads and validates the policy, compiles it into the eBPF data plane, attaches XDP to
+    /// appliance.interfaces.internal and .external (two-arm) or to the one interface (one-arm), sets the host up
+    /// (IPv4 forwarding, rp_filter off on the data interfaces, host ephemeral ports below the SNAT range) and logs a
+    /// JSON line per flow event to appliance.flowLog ("-" = stdout). SIGHUP reloads the policy file (an invalid
+    /// one is reported as FILE:LINE:COL and the running policy stays). SIGTERM/SIGINT stop; the pinned
+    /// conntrack/NAT state and XDP links stay, so a restart takes over established flows with no gap, unless
+    /// --flush is given. Needs root.
+    Run(RunArgs),
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +124,59 @@ pub struct LabArgs {
     pub no_xdp: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Policy file (YAML or JSON) with an `appliance` section
+    #[arg(long, short = 'c')]
+    pub config: PathBuf,
+    /// On exit, remove the pinned conntrack/NAT state and XDP links and restore the host settings found before
+    /// the first start (default: keep them, so a restarted daemon takes over established flows)
+    #[arg(long)]
+    pub flush: bool,
+    /// Print the settings and the host changes it would make, then exit without changing anything (no root
+    /// needed)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// bpffs directory of the pinned maps and links
+    #[arg(long, default_value = crate::run::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Directory of the daemon's state (the host settings to restore on --flush)
+    #[arg(long, default_value = crate::run::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The appliance's internal address (source of DNATed flows toward the spokes); default: the internal
+    /// interface's first IPv4 address that is not a SNAT address
+    #[arg(long)]
+    pub internal_address: Option<Ipv4Addr>,
+    /// SNAT source ports, LOW-HIGH; the host's own ephemeral ports (net.ipv4.ip_local_port_range) are moved
+    /// below LOW
+    #[arg(long, value_parser = parse_port_range, default_value = "40000-65535")]
+    pub snat_ports: (u16, u16),
+    /// Size of the conntrack (and NAT) table, in flows
+    #[arg(long, default_value_t = crate::run::DEFAULT_CT_MAX)]
+    pub conntrack_max: u32,
+}
+
+impl RunArgs {
+    pub fn options(&self) -> crate::run::Options {
+        crate::run::Options {
+            config: self.config.clone(),
+            pin_dir: self.pin_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            flush: self.flush,
+            dry_run: self.dry_run,
+            internal_address: self.internal_address,
+            snat_ports: self.snat_ports,
+            conntrack_max: self.conntrack_max,
+        }
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("`{s}` is not LOW-HIGH"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("`{p}` is not a port"));
+    Ok((port(lo)?, port(hi)?))
+}
+
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
     Protocol::parse(s).ok_or_else(|| format!("`{s}` is not one of tcp, udp, icmp, http, https"))
 }
@@ -125,6 +188,7 @@ pub fn main() -> ExitCode {
         Command::Explain(a) => explain(&a),
         Command::Import(a) => import(&a),
         Command::Lab(a) => crate::lab::run(&a),
+        Command::Run(a) => run(&a),
     };
     match result {
         Ok(code) => code,
@@ -166,6 +230,18 @@ pub fn summary(policy: &portcullis_rules::Policy) -> String {
         policy.network_rules.len(),
         policy.application_rules.len()
     )
+}
+
+fn run(a: &RunArgs) -> Result<ExitCode> {
+    match crate::run::main(&a.options()) {
+        Ok(code) => Ok(code),
+        Err(crate::run::RunError::Invalid(diagnostics)) => {
+            eprintln!("{diagnostics}");
+            eprintln!("portcullis: {} is not valid; not started", a.config.display());
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn check(a: &CheckArgs) -> Result<ExitCode> {

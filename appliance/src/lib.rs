@@ -3,3 +3,5 @@
 pub mod bpf;
 pub mod cli;
 pub mod lab;
+pub mod netsetup;
+pub mod run;

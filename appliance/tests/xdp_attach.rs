@@ -55,10 +55,10 @@ fn privileged_attach_prefers_driver_mode_and_falls_back_to_skb() {
         let mut plane = DataPlane::load().expect("load");
 
         // veth implements native XDP.
-        assert_eq!(plane.attach("pct-veth0").unwrap(), AttachMode::Driver);
+        assert_eq!(plane.attach_interface("pct-veth0").unwrap(), AttachMode::Driver);
         assert_eq!(plane.attached(), Some(("pct-veth0", AttachMode::Driver)));
         assert!(matches!(
-            plane.attach("lo"),
+            plane.attach_interface("lo"),
             Err(BpfError::AlreadyAttached(dev)) if dev == "pct-veth0"
         ));
         plane.detach().unwrap();
@@ -67,12 +67,12 @@ fn privileged_attach_prefers_driver_mode_and_falls_back_to_skb() {
         plane.detach().unwrap();
 
         // Loopback has no native XDP: the driver refuses, generic mode works.
-        assert_eq!(plane.attach("lo").unwrap(), AttachMode::Skb);
+        assert_eq!(plane.attach_interface("lo").unwrap(), AttachMode::Skb);
         assert_eq!(plane.attached(), Some(("lo", AttachMode::Skb)));
         plane.detach().unwrap();
 
         assert!(matches!(
-            plane.attach("pct-missing"),
+            plane.attach_interface("pct-missing"),
             Err(BpfError::UnknownInterface(dev)) if dev == "pct-missing"
         ));
     });

@@ -47,6 +47,34 @@ class_counters! {
     BadL4Header => bad_l4_header,
     Fragment => fragment,
     DenyV4 => deny_v4,
+    Ipv6Dropped => ipv6_dropped,
+    FragmentDropped => fragment_dropped,
+    CtHit => ct_hit,
+    CtExpired => ct_expired,
+    Reclassified => reclassified,
+    ReclassifiedDenied => reclassified_denied,
+    NewAllowed => new_allowed,
+    NewDenied => new_denied,
+    DefaultDeny => default_deny,
+    ThreatIntelDeny => threat_intel_deny,
+    ThreatIntelAlert => threat_intel_alert,
+    Dnat => dnat,
+    PassLocal => pass_local,
+    PassDns => pass_dns,
+    PassAppPort => pass_app_port,
+    AppNoProxy => app_no_proxy,
+    SnatExhausted => snat_exhausted,
+    SnatUnsupported => snat_unsupported,
+    CtInsertFailed => ct_insert_failed,
+    StaleNatPort => stale_nat_port,
+    ExternalNoDnat => external_no_dnat,
+    FibRedirect => fib_redirect,
+    FibTx => fib_tx,
+    FibNoNeigh => fib_no_neigh,
+    FibPass => fib_pass,
+    EventsLost => events_lost,
+    NoPolicy => no_policy,
+    TailCallFailed => tail_call_failed,
 }
 
 impl ClassCounters {
@@ -59,11 +87,11 @@ impl ClassCounters {
         Counter::ALL.into_iter().map(|c| (c, self.get(c)))
     }
 
-    /// Frames seen: the sum of the class counters (every frame has exactly one class; `deny_v4` is
-    /// counted on top of a class).
+    /// Frames seen: the sum of the class counters (every frame has exactly one class; the other
+    /// counters are counted on top of a class).
     pub fn frames(&self) -> u64 {
         self.iter()
-            .filter(|&(c, _)| c != Counter::DenyV4)
+            .filter(|&(c, _)| c.is_class())
             .fold(0, |sum, (_, v)| sum.wrapping_add(v))
     }
 
@@ -74,9 +102,11 @@ impl ClassCounters {
             .fold(0, |sum, (_, v)| sum.wrapping_add(v))
     }
 
-    /// Frames dropped: malformed ones plus `DENY_V4` matches.
+    /// Frames dropped: malformed ones plus every drop reason.
     pub fn dropped(&self) -> u64 {
-        self.malformed().wrapping_add(self.deny_v4)
+        self.iter()
+            .filter(|&(c, _)| c.is_malformed() || c.is_drop())
+            .fold(0, |sum, (_, v)| sum.wrapping_add(v))
     }
 
     /// Counter-wise `self - earlier` (saturating), e.g. the traffic between two reads.

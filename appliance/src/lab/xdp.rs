@@ -211,7 +211,7 @@ fn data_plane_thread(
         enter_netns(namespace)?;
         let mut plane = DataPlane::load().map_err(bpf_err)?;
         plane.deny_v4(DENIED_ADDR, 32, DENY_RULE).map_err(bpf_err)?;
-        let mode = plane.attach(FW_IF).map_err(bpf_err)?;
+        let mode = plane.attach_interface(FW_IF).map_err(bpf_err)?;
         Ok((plane, mode))
     };
     let (mut plane, mode) = match setup() {

@@ -77,7 +77,7 @@ pub struct IcmpHdr {
 }
 
 pub const ETH_HLEN: usize = size_of::<EthHdr>();
-const IPV4_MIN_HLEN: usize = size_of::<Ipv4Hdr>();
+pub const IPV4_MIN_HLEN: usize = size_of::<Ipv4Hdr>();
 const TCP_MIN_HLEN: usize = size_of::<TcpHdr>();
 const UDP_HLEN: usize = size_of::<UdpHdr>();
 const ICMP_HLEN: usize = size_of::<IcmpHdr>();
@@ -90,11 +90,38 @@ const _: () = {
     assert!(ICMP_HLEN == 8);
 };
 
+/// What the program needs of a well-formed IPv4 packet. Addresses are the raw network-order
+/// bytes loaded as `u32`; ports are host order.
+#[derive(Clone, Copy)]
+pub struct Pkt {
+    pub class: Counter,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub proto: u8,
+    /// Offset of the L4 header from the start of the frame.
+    pub l4_off: usize,
+    /// TCP/UDP ports; ICMP echo request: `sport` = id; echo reply: `dport` = id.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    /// Non-first fragment: no L4 header.
+    pub later_fragment: bool,
+    pub tot_len: u16,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
 /// The frame as seen by `xdp_ingress`.
 pub enum Parsed {
-    /// Well-formed IPv4: `class` is its class counter, `daddr` the destination (network order) to
-    /// check against the deny map.
-    Ipv4 { class: Counter, daddr: [u8; 4] },
+    /// Well-formed IPv4.
+    Ipv4(Pkt),
     /// Not IPv4 (IPv6, ARP, anything else): count and pass.
     Pass(Counter),
     /// Malformed or truncated: count and drop.
@@ -103,7 +130,7 @@ pub enum Parsed {
 
 /// A pointer to a `T` at `offset` bytes into the frame `[start, end)`, if all of it is inside.
 #[inline(always)]
-fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
     let at = start + offset;
     if at + size_of::<T>() > end {
         return None;
@@ -152,31 +179,41 @@ fn parse_ipv4(start: usize, end: usize) -> Parsed {
         return Parsed::Drop(Counter::BadTotalLength);
     }
 
-    let daddr = ip.daddr;
+    let l4_off = ETH_HLEN + hdr_len;
+    let mut pkt = Pkt {
+        class: Counter::Fragment,
+        saddr: u32::from_ne_bytes(ip.saddr),
+        daddr: u32::from_ne_bytes(ip.daddr),
+        proto: ip.protocol,
+        l4_off,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        later_fragment: false,
+        tot_len: tot_len as u16,
+    };
     let frag_off = u16::from_be_bytes(ip.frag_off);
     if frag_off & IP_OFFSET != 0 {
         // Non-first fragment: the payload continues an L4 datagram; there is no header to parse.
-        return Parsed::Ipv4 {
-            class: Counter::Fragment,
-            daddr,
-        };
+        pkt.later_fragment = true;
+        return Parsed::Ipv4(pkt);
     }
     let first_fragment = frag_off & IP_MF != 0;
 
-    let l4_off = ETH_HLEN + hdr_len;
     let l4_len = tot_len - hdr_len;
     let l4 = match ip.protocol {
-        IPPROTO_TCP => tcp(start, end, l4_off, l4_len),
-        IPPROTO_UDP => udp(start, end, l4_off, l4_len, first_fragment),
-        IPPROTO_ICMP => icmp(start, end, l4_off, l4_len),
+        IPPROTO_TCP => tcp(start, end, l4_off, l4_len, &mut pkt),
+        IPPROTO_UDP => udp(start, end, l4_off, l4_len, first_fragment, &mut pkt),
+        IPPROTO_ICMP => icmp(start, end, l4_off, l4_len, &mut pkt),
         _ => Ok(Counter::Ipv4Other),
     };
     match l4 {
-        Ok(_) if first_fragment => Parsed::Ipv4 {
-            class: Counter::Fragment,
-            daddr,
-        },
-        Ok(class) => Parsed::Ipv4 { class, daddr },
+        Ok(_) if first_fragment => Parsed::Ipv4(pkt),
+        Ok(class) => {
+            pkt.class = class;
+            Parsed::Ipv4(pkt)
+        }
         Err(malformed) => Parsed::Drop(malformed),
     }
 }
@@ -185,7 +222,7 @@ fn parse_ipv4(start: usize, end: usize) -> Parsed {
 /// payload. This also holds for a first fragment (a TCP header split across fragments is the
 /// RFC 1858 tiny-fragment attack).
 #[inline(always)]
-fn tcp(start: usize, end: usize, off: usize, l4_len: usize) -> Result<Counter, Counter> {
+fn tcp(start: usize, end: usize, off: usize, l4_len: usize, pkt: &mut Pkt) -> Result<Counter, Counter> {
     let Some(tcp) = ptr_at::<TcpHdr>(start, end, off) else {
         return Err(Counter::TruncatedL4);
     };
@@ -193,20 +230,31 @@ fn tcp(start: usize, end: usize, off: usize, l4_len: usize) -> Result<Counter, C
         return Err(Counter::TruncatedL4);
     }
     // SAFETY: `ptr_at` checked that the whole base header is inside the frame; alignment is 1.
-    let doff = usize::from(unsafe { (*tcp).doff_res } >> 4);
+    let tcp = unsafe { &*tcp };
+    let doff = usize::from(tcp.doff_res >> 4);
     if doff < 5 {
         return Err(Counter::BadL4Header);
     }
     if doff * 4 > l4_len {
         return Err(Counter::TruncatedL4);
     }
+    pkt.sport = u16::from_be_bytes(tcp.source);
+    pkt.dport = u16::from_be_bytes(tcp.dest);
+    pkt.tcp_flags = tcp.flags;
     Ok(Counter::Ipv4Tcp)
 }
 
 /// UDP: the header must be inside the IPv4 payload and its length field must be at least 8. Unless
 /// the datagram is fragmented, the length must also fit in the payload (longer means truncated).
 #[inline(always)]
-fn udp(start: usize, end: usize, off: usize, l4_len: usize, first_fragment: bool) -> Result<Counter, Counter> {
+fn udp(
+    start: usize,
+    end: usize,
+    off: usize,
+    l4_len: usize,
+    first_fragment: bool,
+    pkt: &mut Pkt,
+) -> Result<Counter, Counter> {
     let Some(udp) = ptr_at::<UdpHdr>(start, end, off) else {
         return Err(Counter::TruncatedL4);
     };
@@ -214,21 +262,36 @@ fn udp(start: usize, end: usize, off: usize, l4_len: usize, first_fragment: bool
         return Err(Counter::TruncatedL4);
     }
     // SAFETY: `ptr_at` checked that the whole header is inside the frame; alignment is 1.
-    let len = usize::from(u16::from_be_bytes(unsafe { (*udp).len }));
+    let udp = unsafe { &*udp };
+    let len = usize::from(u16::from_be_bytes(udp.len));
     if len < UDP_HLEN {
         return Err(Counter::BadL4Header);
     }
     if !first_fragment && len > l4_len {
         return Err(Counter::TruncatedL4);
     }
+    pkt.sport = u16::from_be_bytes(udp.source);
+    pkt.dport = u16::from_be_bytes(udp.dest);
     Ok(Counter::Ipv4Udp)
 }
 
 /// ICMP: type, code, checksum and the 4-byte rest-of-header must be inside the IPv4 payload.
 #[inline(always)]
-fn icmp(start: usize, end: usize, off: usize, l4_len: usize) -> Result<Counter, Counter> {
-    if ptr_at::<IcmpHdr>(start, end, off).is_none() || l4_len < ICMP_HLEN {
+fn icmp(start: usize, end: usize, off: usize, l4_len: usize, pkt: &mut Pkt) -> Result<Counter, Counter> {
+    let Some(icmp) = ptr_at::<IcmpHdr>(start, end, off) else {
         return Err(Counter::TruncatedL4);
+    };
+    if l4_len < ICMP_HLEN {
+        return Err(Counter::TruncatedL4);
+    }
+    // SAFETY: `ptr_at` checked that the whole header is inside the frame; alignment is 1.
+    let icmp = unsafe { &*icmp };
+    pkt.icmp_type = icmp.kind;
+    let id = u16::from_be_bytes([icmp.rest[0], icmp.rest[1]]);
+    match icmp.kind {
+        ICMP_ECHO_REQUEST => pkt.sport = id,
+        ICMP_ECHO_REPLY => pkt.dport = id,
+        _ => {}
     }
     Ok(Counter::Ipv4Icmp)
 }
