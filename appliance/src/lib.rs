@@ -4,4 +4,5 @@ pub mod bpf;
 pub mod cli;
 pub mod lab;
 pub mod netsetup;
+pub mod proxy;
 pub mod run;
