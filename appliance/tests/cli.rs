@@ -23,6 +23,31 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `portcullis explain … --json`, which must succeed and print one JSON object.
+fn explain_json(config: &str, source: &str, destination: &str, protocol: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "explain",
+        "--config",
+        config,
+        "--source",
+        source,
+        "--destination",
+        destination,
+        "--protocol",
+        protocol,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(
+        o.status.success(),
+        "explain {source} -> {destination} {protocol}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    serde_json::from_str(&stdout(&o)).expect("one JSON object")
+}
+
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
 
@@ -98,20 +123,7 @@ fn check_reports_file_line_col_and_exits_1() {
 #[test]
 fn explain_json_shape() {
     let p = default_policy();
-    let o = run(&[
-        "explain",
-        "--config",
-        &p,
-        "--source",
-        "198.18.1.10",
-        "--destination",
-        "mcr.microsoft.com:443",
-        "--protocol",
-        "https",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+    let v = explain_json(&p, "198.18.1.10", "mcr.microsoft.com:443", "https", &[]);
     assert_eq!(v["verdict"], "Allow");
     assert_eq!(v["ruleCollectionGroup"], "rcg-aks-application");
     assert_eq!(v["ruleCollection"], "aks-app-allow");
@@ -124,19 +136,7 @@ fn explain_json_shape() {
     );
     assert!(v["trace"].as_array().is_some_and(|t| t.len() >= 6), "{v}");
 
-    let o = run(&[
-        "explain",
-        "--config",
-        &p,
-        "--source",
-        "198.18.1.10",
-        "--destination",
-        "198.51.100.22:22",
-        "--protocol",
-        "tcp",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+    let v = explain_json(&p, "198.18.1.10", "198.51.100.22:22", "tcp", &[]);
     assert_eq!(v["verdict"], "Deny");
     assert!(
         v["ruleCollectionGroup"].is_null() && v["ruleCollection"].is_null() && v["rule"].is_null(),
@@ -144,52 +144,20 @@ fn explain_json_shape() {
     );
     assert_eq!(v["reason"], "No rule matched. Proceeding with default action.");
 
-    let o = run(&[
-        "explain",
-        "--config",
-        &p,
-        "--source",
-        "203.0.113.50",
-        "--destination",
-        "192.0.2.1:443",
-        "--protocol",
-        "tcp",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+    let v = explain_json(&p, "203.0.113.50", "192.0.2.1:443", "tcp", &[]);
     assert_eq!(v["verdict"], "DNAT");
     assert_eq!(v["translated"]["address"], "198.18.1.100");
 
     // FQDN network rule: by name, and by address only when the DNS proxy resolved it.
-    let o = run(&[
-        "explain",
-        "--config",
+    let v = explain_json(
         &p,
-        "--source",
         "198.18.1.10",
-        "--destination",
         "198.51.100.123:123",
-        "--protocol",
         "udp",
-        "--json",
-        "--resolve",
-        "ntp.ubuntu.com=198.51.100.123",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+        &["--resolve", "ntp.ubuntu.com=198.51.100.123"],
+    );
     assert_eq!(v["rule"], "ntp");
-    let o = run(&[
-        "explain",
-        "--config",
-        &p,
-        "--source",
-        "198.18.1.10",
-        "--destination",
-        "198.51.100.123:123",
-        "--protocol",
-        "udp",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON object");
+    let v = explain_json(&p, "198.18.1.10", "198.51.100.123:123", "udp", &[]);
     assert_eq!(v["verdict"], "Deny");
 }
 
@@ -388,20 +356,7 @@ fn decisions(config: &str) -> Vec<(String, String, String)> {
     SECTION_11_FLOWS
         .iter()
         .map(|(src, dst, port, proto, _, _, _)| {
-            let o = run(&[
-                "explain",
-                "--config",
-                config,
-                "--source",
-                src,
-                "--destination",
-                &format!("{dst}:{port}"),
-                "--protocol",
-                proto,
-                "--json",
-            ]);
-            assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-            let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+            let v = explain_json(config, src, &format!("{dst}:{port}"), proto, &[]);
             let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
             (s("verdict"), s("ruleCollection"), s("rule"))
         })
