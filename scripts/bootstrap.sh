@@ -8,7 +8,7 @@ RUST_WEB_VERSION="1.96.0+dfsg1-1~deb12u2"
 BPF_LINKER_VERSION="0.13.0"
 BPF_LINKER_ROOT="/opt/bpf-linker"
 # Packages the privileged and end-to-end tests use as real peers and clients.
-TEST_PACKAGES=(nftables curl dnsutils nginx socat iperf3 iproute2 iputils-ping ethtool openssl bpftool)
+TEST_PACKAGES=(nftables curl dnsutils dnsmasq-base nginx socat iperf3 iproute2 iputils-ping ethtool openssl bpftool)
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

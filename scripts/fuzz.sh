@@ -17,7 +17,8 @@ seed policy_load appliance/policies/*.yaml tests/fixtures/import/*.yaml
 seed import tests/fixtures/import/*.json
 seed client_hello appliance/src/proxy/testdata/*.bin
 seed http_head appliance/src/proxy/testdata/*.http
-for target in policy_load import client_hello http_head; do
+seed http_body appliance/src/proxy/testdata/*.http
+for target in policy_load import client_hello http_head http_body; do
     echo "fuzz: $target for ${seconds}s" >&2
     (cd fuzz && AYA_BUILD_SKIP=1 cargo +nightly fuzz run --release "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 >/dev/null 2>"../target/fuzz-$target.log") || {
         tail -n 40 "target/fuzz-$target.log" >&2

@@ -154,6 +154,21 @@ pub struct RunArgs {
     /// Size of the conntrack (and NAT) table, in flows
     #[arg(long, default_value_t = crate::run::DEFAULT_CT_MAX)]
     pub conntrack_max: u32,
+    /// Do not run the application proxy: HTTP/HTTPS application rules then allow nothing (TCP to their
+    /// ports is dropped), as if every application rule were absent
+    #[arg(long)]
+    pub no_application_proxy: bool,
+    /// Port of the proxy's transparent listener (intercepted connections are steered to it by nftables
+    /// TPROXY; connections addressed to it directly are refused)
+    #[arg(long, default_value_t = crate::proxy::ProxyConfig::DEFAULT_PORT)]
+    pub proxy_port: u16,
+    /// Seconds a client has to send its complete TLS ClientHello or HTTP request head (silent and
+    /// dribbling clients are closed after it)
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub proxy_handshake_timeout: u64,
+    /// Seconds without a byte either way before a proxied connection is closed (Azure Firewall: 240)
+    #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub proxy_idle_timeout: u64,
 }
 
 impl RunArgs {
@@ -167,6 +182,13 @@ impl RunArgs {
             internal_address: self.internal_address,
             snat_ports: self.snat_ports,
             conntrack_max: self.conntrack_max,
+            application_proxy: !self.no_application_proxy,
+            proxy_port: self.proxy_port,
+            proxy_timeouts: crate::proxy::Timeouts {
+                handshake: std::time::Duration::from_secs(self.proxy_handshake_timeout),
+                idle: std::time::Duration::from_secs(self.proxy_idle_timeout),
+                ..crate::proxy::Timeouts::default()
+            },
         }
     }
 }

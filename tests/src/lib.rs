@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod lab;
 pub mod netns;
 pub mod peers;
+pub mod tls;
 pub mod xdp_pass;
 
 use std::time::Duration;

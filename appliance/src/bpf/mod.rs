@@ -877,6 +877,24 @@ impl DataPlane {
         Ok(ct.iter().filter_map(Result::ok).collect())
     }
 
+    /// Turns the pass of application-rule TCP ports to the host stack on or off while running: on once
+    /// the proxy's steering is in place, off before it goes away (a stopped appliance keeps forwarding with
+    /// pinned links, and must then drop those ports rather than let the kernel forward them unfiltered).
+    pub fn set_application_proxy(&mut self, on: bool) -> Result<(), BpfError> {
+        let mut globals = self.array_mut::<Globals>(GLOBALS_MAP)?;
+        let mut g = globals.get(&0, 0).map_err(|e| map_error(GLOBALS_MAP, e))?;
+        if on {
+            g.flags |= portcullis_common::FLAG_APP_PROXY;
+        } else {
+            g.flags &= !portcullis_common::FLAG_APP_PROXY;
+        }
+        globals.set(0, g, 0).map_err(|e| map_error(GLOBALS_MAP, e))?;
+        if let Some(s) = &mut self.settings {
+            s.application_proxy = on;
+        }
+        Ok(())
+    }
+
     /// Ends this instance. `keep_state`: leave the pinned links (the program keeps forwarding with
     /// the last policy) and the pinned conntrack map for the next process. Otherwise detach
     /// and remove every pin.

@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,6 +19,80 @@ use super::signals::{self, Request};
 use super::{Options, RunError, load_config, load_feed, log};
 use crate::bpf::{DataPlane, DataPlaneSettings, EventReader, FlowEvent};
 use crate::netsetup::{self, ProcSys, Session};
+use crate::proxy::steer::{Spec, Steering};
+use crate::proxy::{EventSink, Proxy, ProxyConfig};
+
+/// How long a stopping proxy lets open connections finish.
+const PROXY_DRAIN: Duration = Duration::from_secs(2);
+
+/// The flow log, shared by the data plane's event thread and the proxy.
+type SharedLog = Arc<Mutex<FlowLog>>;
+
+/// The application proxy and the steering that feeds it.
+struct AppProxy {
+    proxy: Proxy,
+    steering: Steering,
+}
+
+impl AppProxy {
+    fn start(
+        opts: &Options,
+        settings: &Settings,
+        policy: &Policy,
+        feed: Option<ThreatFeed>,
+        log: SharedLog,
+    ) -> Result<Self, RunError> {
+        // Application-rule traffic always leaves with the appliance's address (Azure SNATs it, §3).
+        let source = settings
+            .snat_addresses
+            .first()
+            .copied()
+            .filter(|a| settings.local_addresses.contains(a));
+        let mut config = ProxyConfig::new(source);
+        config.listen.set_port(opts.proxy_port);
+        config.timeouts = opts.proxy_timeouts;
+        let sink: EventSink = Arc::new(move |event| {
+            let record = flowlog::AppRecord::new(&event, SystemTime::now());
+            let mut out = log.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = out.write(&record) {
+                log_write_error(&e);
+            }
+        });
+        let proxy = Proxy::start(config, policy.clone(), feed, sink)?;
+        let spec = Spec {
+            interfaces: vec![settings.internal.clone()],
+            listen_port: opts.proxy_port,
+        };
+        match Steering::install(spec, app_ports(policy)) {
+            Ok(steering) => Ok(Self { proxy, steering }),
+            Err(e) => {
+                proxy.stop(Duration::ZERO);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Stops the proxy (bounded drain), then the steering. Returns the proxy's counters as JSON.
+    fn stop(self) -> String {
+        let stats = self.proxy.stop(PROXY_DRAIN);
+        if let Err(e) = self.steering.remove() {
+            log(format!("removing the proxy steering: {}", chain(&e)));
+        }
+        serde_json::to_string(&stats).unwrap_or_default()
+    }
+}
+
+fn app_ports(policy: &Policy) -> std::collections::BTreeSet<u16> {
+    policy.application_ports().keys().copied().collect()
+}
+
+fn log_write_error(e: &std::io::Error) {
+    use std::sync::atomic::AtomicU64;
+    static FAILED: AtomicU64 = AtomicU64::new(0);
+    if FAILED.fetch_add(1, Ordering::Relaxed) == 0 {
+        log(format!("writing the flow log: {e}"));
+    }
+}
 
 /// How long the event thread waits for events before checking whether it should stop.
 const EVENT_POLL: Duration = Duration::from_millis(200);
@@ -69,15 +143,30 @@ pub fn serve(
     signals::spawn(tx).map_err(RunError::Signals)?;
     let started = Instant::now();
 
-    let flow_log = open_flow_log(&settings.flow_log)?;
+    let flow_log: SharedLog = Arc::new(Mutex::new(open_flow_log(&settings.flow_log)?));
     if let Some(mounted) = netsetup::ensure_bpffs(&settings.pin_dir)? {
         log(format!("mounted bpffs at {}", mounted.display()));
     }
     let host = Session::start(&settings.host, &opts.state_dir, &mut ProcSys)?;
     let taking_over = settings.pin_dir.join(portcullis_common::CT_PIN_NAME).exists();
-    let plane = match start_plane(&settings, &loaded.config.policy, feed.as_ref()) {
+    // The proxy and its steering first: the data plane passes application-rule ports to the host stack only
+    // once something there takes them.
+    let mut app_proxy = None;
+    if opts.application_proxy {
+        match AppProxy::start(opts, &settings, &loaded.config.policy, feed.clone(), flow_log.clone()) {
+            Ok(p) => app_proxy = Some(p),
+            Err(e) => {
+                host.abandon(&mut ProcSys);
+                return Err(e);
+            }
+        }
+    }
+    let plane = match start_plane(&settings, &loaded.config.policy, feed.as_ref(), app_proxy.is_some()) {
         Ok(p) => p,
         Err(e) => {
+            if let Some(p) = app_proxy.take() {
+                p.stop();
+            }
             host.abandon(&mut ProcSys);
             return Err(e);
         }
@@ -139,6 +228,31 @@ pub fn serve(
     for c in &host.made {
         log(format!("host setting {c}"));
     }
+    match &app_proxy {
+        Some(p) => {
+            let ports = p.steering.ports();
+            log(format!(
+                "application proxy: TCP ports {} on {} steered to the transparent listener :{}; upstream from {}; resolver {}",
+                if ports.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                },
+                settings.internal,
+                opts.proxy_port,
+                p.proxy
+                    .config()
+                    .source
+                    .map_or("the route's address".to_owned(), |a| a.to_string()),
+                crate::proxy::dns_servers(&loaded.config.policy)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        None => log("application proxy: off (--no-application-proxy): TCP to application-rule ports is dropped"),
+    }
     if let Some(f) = &feed {
         log(format!(
             "threat-intelligence feed: {} address ranges",
@@ -160,7 +274,14 @@ pub fn serve(
     let stopped_by = loop {
         match rx.recv_timeout(HOUSEKEEPING) {
             Ok(Request::Reload) => {
-                if reload(opts, &settings, appliance.as_ref(), &mut plane, &policies) {
+                if reload(
+                    opts,
+                    &settings,
+                    appliance.as_ref(),
+                    &mut plane,
+                    &policies,
+                    app_proxy.as_mut(),
+                ) {
                     reloads.0 += 1;
                 } else {
                     reloads.1 += 1;
@@ -185,6 +306,15 @@ pub fn serve(
     };
 
     log(format!("{stopped_by}: stopping"));
+    if let Some(p) = app_proxy.take() {
+        let stats = p.stop();
+        // A kept program keeps running without the proxy: application-rule ports are dropped, never
+        // passed to a kernel that would forward them unfiltered.
+        if let Err(e) = plane.set_application_proxy(false) {
+            log(format!("turning the data plane's proxy pass off: {}", chain(&e)));
+        }
+        log(format!("application proxy: {stats}"));
+    }
     stop.store(true, Ordering::Relaxed);
     let deadline = Instant::now() + EVENT_THREAD_JOIN;
     while !events.is_finished() && Instant::now() < deadline {
@@ -231,8 +361,15 @@ struct Started {
     reader: EventReader,
 }
 
-fn start_plane(settings: &Settings, policy: &Policy, feed: Option<&ThreatFeed>) -> Result<Started, RunError> {
-    let mut plane = DataPlane::open(&data_plane_settings(settings))?;
+fn start_plane(
+    settings: &Settings,
+    policy: &Policy,
+    feed: Option<&ThreatFeed>,
+    proxy: bool,
+) -> Result<Started, RunError> {
+    let mut dp = data_plane_settings(settings);
+    dp.application_proxy = proxy;
+    let mut plane = DataPlane::open(&dp)?;
     let generation = match plane.load_policy(policy, feed, &NoResolutions) {
         Ok(n) => n,
         Err(e) => {
@@ -292,6 +429,7 @@ fn reload(
     appliance: Option<&portcullis_rules::policy::Appliance>,
     plane: &mut DataPlane,
     policies: &Policies,
+    app_proxy: Option<&mut AppProxy>,
 ) -> bool {
     log(format!("SIGHUP: reloading {}", opts.config.display()));
     let loaded = match load_config(&opts.config) {
@@ -311,9 +449,28 @@ fn reload(
             return false;
         }
     };
+    // Steer the union of old and new ports while the data plane switches, then the new ones only.
+    let new_ports = app_ports(&loaded.config.policy);
+    let mut app_proxy = app_proxy;
+    if let Some(p) = app_proxy.as_deref_mut() {
+        let union = p.steering.ports().union(&new_ports).copied().collect();
+        if let Err(e) = p.steering.set_ports(union) {
+            log(format!(
+                "reload rejected, keeping the running policy: proxy steering: {}",
+                chain(&e)
+            ));
+            return false;
+        }
+    }
     match plane.load_policy(&loaded.config.policy, feed.as_ref(), &NoResolutions) {
         Ok(generation) => {
             let summary = crate::cli::summary(&loaded.config.policy);
+            if let Some(p) = app_proxy {
+                p.proxy.update(loaded.config.policy.clone(), feed.clone());
+                if let Err(e) = p.steering.set_ports(new_ports) {
+                    log(format!("proxy steering: keeping the wider port set: {}", chain(&e)));
+                }
+            }
             policies.push(generation, loaded.config.policy);
             log(format!("reloaded (generation {generation}): {summary}"));
             true
@@ -330,7 +487,7 @@ fn reload(
 
 /// Writes every flow event to the flow log until `stop`. Returns how many were written. (Events the ring
 /// buffer had no room for are counted by the data plane: `DataPlaneStats::events_lost`.)
-fn event_loop(mut reader: EventReader, mut out: FlowLog, policies: &Policies, stop: &AtomicBool) -> u64 {
+fn event_loop(mut reader: EventReader, out: SharedLog, policies: &Policies, stop: &AtomicBool) -> u64 {
     let mut failed_writes = 0u64;
     let timeout = PollTimeout::from(EVENT_POLL.as_millis().min(u128::from(u16::MAX)) as u16);
     while !stop.load(Ordering::Relaxed) {
@@ -348,6 +505,7 @@ fn event_loop(mut reader: EventReader, mut out: FlowLog, policies: &Policies, st
             }
         }
         let now = SystemTime::now();
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
         for ev in reader.drain() {
             let Some(policy) = policies.get(ev.generation) else {
                 continue;
@@ -360,7 +518,7 @@ fn event_loop(mut reader: EventReader, mut out: FlowLog, policies: &Policies, st
             }
         }
     }
-    out.written
+    out.lock().unwrap_or_else(|p| p.into_inner()).written
 }
 
 fn event(e: &FlowEvent) -> flowlog::Event {

@@ -143,6 +143,78 @@ impl Record {
     }
 }
 
+/// One application-rule decision of the proxy (`AZFWApplicationRule`; every HTTP request is one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AppRecord {
+    pub time_generated: String,
+    pub category: &'static str,
+    /// `HTTP` or `HTTPS`.
+    pub protocol: &'static str,
+    pub source_ip: Ipv4Addr,
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub fqdn: String,
+    pub target_url: String,
+    pub action: &'static str,
+    pub policy: String,
+    pub rule_collection_group: String,
+    pub rule_collection: String,
+    pub rule: String,
+    /// Empty when a rule decided (as Azure writes it), else why.
+    pub action_reason: String,
+    pub is_tls_inspected: bool,
+    pub web_category: String,
+    pub is_explicit_proxy_request: bool,
+    /// portcullis: the address the client connected to (ignored: the appliance dials by name).
+    pub destination_ip: Ipv4Addr,
+    /// portcullis: where the appliance connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ip: Option<Ipv4Addr>,
+    /// portcullis: the decision's full reason.
+    pub reason: String,
+}
+
+impl AppRecord {
+    pub fn new(e: &crate::proxy::AppEvent, now: SystemTime) -> Self {
+        let d = &e.decision;
+        AppRecord {
+            time_generated: rfc3339(now),
+            category: match d.stage {
+                Stage::Network => "AZFWNetworkRule",
+                Stage::ThreatIntel => "AZFWThreatIntel",
+                _ => "AZFWApplicationRule",
+            },
+            protocol: e.protocol,
+            source_ip: *e.source.ip(),
+            source_port: e.source.port(),
+            destination_port: e.destination.port(),
+            fqdn: e.fqdn.clone().unwrap_or_default(),
+            target_url: e.target_url.clone().unwrap_or_default(),
+            action: match d.verdict {
+                Verdict::Allow => "Allow",
+                Verdict::Deny => "Deny",
+                Verdict::Dnat => "DNAT",
+            },
+            policy: d.policy.clone().unwrap_or_default(),
+            rule_collection_group: d.rule_collection_group.clone().unwrap_or_default(),
+            rule_collection: d.rule_collection.clone().unwrap_or_default(),
+            rule: d.rule.clone().unwrap_or_default(),
+            action_reason: if d.rule.is_some() {
+                String::new()
+            } else {
+                d.reason.clone()
+            },
+            is_tls_inspected: false,
+            web_category: String::new(),
+            is_explicit_proxy_request: false,
+            destination_ip: *e.destination.ip(),
+            upstream_ip: e.upstream.map(|a| *a.ip()),
+            reason: d.reason.clone(),
+        }
+    }
+}
+
 /// `2026-12-01T19:44:34.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -187,7 +259,7 @@ impl FlowLog {
         FlowLog { out, written: 0 }
     }
 
-    pub fn write(&mut self, record: &Record) -> io::Result<()> {
+    pub fn write<R: Serialize>(&mut self, record: &R) -> io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
         self.out.write_all(&line)?;

@@ -52,6 +52,13 @@ pub struct Options {
     pub internal_address: Option<Ipv4Addr>,
     pub snat_ports: (u16, u16),
     pub conntrack_max: u32,
+    /// Run the application proxy (HTTP/HTTPS application rules). Without it, TCP to application-rule
+    /// ports is dropped by the data plane.
+    pub application_proxy: bool,
+    /// The proxy's transparent listener port (connections are steered to it; never exposed directly).
+    pub proxy_port: u16,
+    /// The proxy's time limits (handshake, connect, idle).
+    pub proxy_timeouts: crate::proxy::Timeouts,
 }
 
 impl Default for Options {
@@ -65,6 +72,9 @@ impl Default for Options {
             internal_address: None,
             snat_ports: DEFAULT_SNAT_PORTS,
             conntrack_max: DEFAULT_CT_MAX,
+            application_proxy: true,
+            proxy_port: crate::proxy::ProxyConfig::DEFAULT_PORT,
+            proxy_timeouts: crate::proxy::Timeouts::default(),
         }
     }
 }
@@ -114,6 +124,10 @@ pub enum RunError {
     },
     #[error("signals")]
     Signals(#[source] std::io::Error),
+    #[error("application proxy")]
+    Proxy(#[from] crate::proxy::ProxyError),
+    #[error("application proxy steering (nftables TPROXY)")]
+    Steer(#[from] crate::proxy::steer::SteerError),
 }
 
 /// A line on stderr, the daemon's log.
@@ -193,6 +207,23 @@ pub fn dry_run(
         settings.snat_ports.1
     );
     let _ = writeln!(s, "local addresses: {}", list(&settings.local_addresses));
+    let ports = loaded.config.policy.application_ports();
+    if opts.application_proxy {
+        let _ = writeln!(
+            s,
+            "application proxy: TCP ports {} on {} steered (nftables table ip {}) to the listener on port {}",
+            if ports.is_empty() {
+                "(none yet)".to_owned()
+            } else {
+                ports.keys().map(u16::to_string).collect::<Vec<_>>().join(", ")
+            },
+            settings.internal,
+            crate::proxy::steer::TABLE,
+            opts.proxy_port
+        );
+    } else {
+        let _ = writeln!(s, "application proxy: off (TCP to application-rule ports is dropped)");
+    }
     let _ = writeln!(
         s,
         "pins: {} (conntrack {} entries)",

@@ -1,0 +1,469 @@
+//! End to end, the application proxy: the real `portcullis run` in the appliance namespace, real nginx
+//! (HTTPS vhosts from a lab CA, an HTTP vhost echoing Host / client / X-Forwarded-For) and dnsmasq (the
+//! appliance's `dnsSettings.servers`) on the lab's Internet, real curl / openssl clients in the spoke.
+//!
+//! Tests named `privileged_*` need root and BPF: without them they print `skip: …` and pass, except with
+//! CI=true, where they fail.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::cmd::eventually;
+use portcullis_e2e::lab::{self, Arms, Daemon, Lab, sa};
+use portcullis_e2e::netns::Netns;
+use portcullis_e2e::peers::{self, Curl, Vhosts};
+use portcullis_e2e::tls::LabCa;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+const READY: Duration = Duration::from_secs(120);
+const STOP: Duration = Duration::from_secs(20);
+const ANSWER: Duration = Duration::from_secs(8);
+
+/// The real server of every lab name, and the resolver the appliance is told to use.
+const WEB: Ipv4Addr = lab::SERVER;
+const RESOLVER: Ipv4Addr = lab::SERVER2;
+/// An address the client may aim at with an allowed SNI: nothing listens there on 443.
+const ELSEWHERE: Ipv4Addr = lab::BAD_SERVER;
+const NAMES: &[&str] = &["a.lab.test", "b.lab.test", "denied.lab.test", "*.wild.lab.test"];
+
+macro_rules! require_privileged {
+    () => {
+        if portcullis_e2e::skip(peers::proxy_fixtures_available().and_then(|()| portcullis::bpf::privileged_env())) {
+            return;
+        }
+    };
+}
+
+/// The test policy. Application rules: explicit deny of b.lab.test (collection priority 100) before the
+/// allows (200): a.lab.test on Http:80, Https:443 and Https:8443, `*.wild.lab.test` on Https:443,
+/// `*lab.test` never. Network rule: TCP 443 to SERVER2 allowed (it must win over the application deny).
+fn policy(lab: &Lab, extra_app_rule: &str) -> String {
+    let (internal, external) = lab.fw_interfaces();
+    let interfaces = match external {
+        Some(e) => format!("{{internal: {internal}, external: {e}}}"),
+        None => format!("{{internal: {internal}}}"),
+    };
+    format!(
+        r#"appliance:
+  interfaces: {interfaces}
+  snatAddresses: [{ext}]
+  flowLog: flows.jsonl
+policy:
+  dnsSettings:
+    servers: [{RESOLVER}]
+  ruleCollectionGroups:
+    - name: rcg-net
+      priority: 100
+      ruleCollections:
+        - ruleCollectionType: FirewallPolicyFilterRuleCollection
+          name: net-allow
+          priority: 100
+          action: {{type: Allow}}
+          rules:
+            - ruleType: NetworkRule
+              name: tls-to-server2
+              ipProtocols: [TCP]
+              sourceAddresses: [{spoke}]
+              destinationAddresses: [{server2}]
+              destinationPorts: ["443"]
+    - name: rcg-app
+      priority: 200
+      ruleCollections:
+        - ruleCollectionType: FirewallPolicyFilterRuleCollection
+          name: app-deny
+          priority: 100
+          action: {{type: Deny}}
+          rules:
+            - ruleType: ApplicationRule
+              name: no-b
+              sourceAddresses: ["*"]
+              protocols: [{{protocolType: Http, port: 80}}, {{protocolType: Https, port: 443}}]
+              targetFqdns: [b.lab.test]
+        - ruleCollectionType: FirewallPolicyFilterRuleCollection
+          name: app-allow
+          priority: 200
+          action: {{type: Allow}}
+          rules:
+            - ruleType: ApplicationRule
+              name: a
+              sourceAddresses: [{spoke}]
+              protocols: [{{protocolType: Http, port: 80}}, {{protocolType: Https, port: 443}}, {{protocolType: Https, port: 8443}}]
+              targetFqdns: [a.lab.test]
+            - ruleType: ApplicationRule
+              name: wild
+              sourceAddresses: [{spoke}]
+              protocols: [{{protocolType: Https, port: 443}}]
+              targetFqdns: ["*.wild.lab.test"]{extra_app_rule}
+"#,
+        ext = lab::FW_EXTERNAL,
+        spoke = lab::SPOKE_NET,
+        server2 = lab::SERVER2,
+    )
+}
+
+struct Running {
+    daemon: Daemon,
+    config: PathBuf,
+    ca: LabCa,
+    vhosts: Vhosts,
+    _dns: portcullis_e2e::cmd::Proc,
+    lab: Lab,
+}
+
+fn start(arms: Arms, extra: &[&str]) -> Running {
+    let lab = Lab::new(arms).expect("lab");
+    let ca = lab.ca().expect("lab CA");
+    let records: Vec<(&str, Ipv4Addr)> = NAMES.iter().map(|n| (*n, WEB)).collect();
+    let dns = lab.dnsmasq(&lab.inet, sa(RESOLVER, 53), &records).expect("dnsmasq");
+    let vhosts = lab
+        .nginx_vhosts(
+            &lab.inet,
+            &ca,
+            &[sa(WEB, 443), sa(WEB, 8443), sa(lab::SERVER2, 443)],
+            NAMES,
+            &[sa(WEB, 80)],
+            16,
+        )
+        .expect("nginx vhosts");
+    let config = lab.write("policy.yaml", &policy(&lab, "")).unwrap();
+    let mut daemon = lab
+        .portcullis(Path::new(BIN), &config, extra)
+        .expect("spawn portcullis");
+    daemon.wait_ready(READY).expect("portcullis ready");
+    Running {
+        daemon,
+        config,
+        ca,
+        vhosts,
+        _dns: dns,
+        lab,
+    }
+}
+
+impl Running {
+    fn flows(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.lab.dir.join("flows.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn wait_flow(&self, fields: &[(&str, Value)]) -> Value {
+        eventually(Duration::from_secs(5), || {
+            self.flows()
+                .into_iter()
+                .find(|r| fields.iter().all(|(k, v)| &r[*k] == v))
+        })
+        .unwrap_or_else(|| panic!("no flow record with {fields:?}; have {:#?}", self.flows()))
+    }
+
+    /// HTTPS from the spoke to `name:port`, the client resolving it to `ip`.
+    fn https(&self, name: &str, port: u16, ip: Ipv4Addr) -> Curl {
+        let url = format!("https://{name}:{port}/");
+        peers::curl_https(
+            &self.lab.spoke,
+            &url,
+            Some((name, port, ip)),
+            Some(self.ca.ca_cert()),
+            ANSWER,
+        )
+        .unwrap()
+    }
+}
+
+fn field(c: &Curl, key: &str) -> String {
+    peers::field(&c.body, key).unwrap_or_else(|| panic!("no {key}= in {c:?}"))
+}
+
+#[test]
+fn privileged_https_by_sni_dial_by_name_and_denials() {
+    require_privileged!();
+    let r = start(Arms::Two, &[]);
+    let log = r.daemon.stderr();
+    assert!(
+        log.contains("application proxy: TCP ports 80, 443, 8443 on in0"),
+        "{log}"
+    );
+
+    // Allowed by SNI; the server sees the appliance's address (application rules always SNAT).
+    let c = r.https("a.lab.test", 443, WEB);
+    assert_eq!(c.status, Some(200), "{c:?}");
+    assert_eq!(field(&c, "vhost"), "a.lab.test");
+    assert_eq!(field(&c, "sni"), "a.lab.test");
+    assert_eq!(field(&c, "client"), lab::FW_EXTERNAL.to_string());
+    // Wildcard, deeper labels included (§2.4); a non-standard port of the same rule.
+    assert_eq!(field(&r.https("x.wild.lab.test", 443, WEB), "vhost"), "*.wild.lab.test");
+    // (The lab certificate covers one label only: no verification for the deeper name.)
+    let deep = peers::curl_https(
+        &r.lab.spoke,
+        "https://x.y.wild.lab.test/",
+        Some(("x.y.wild.lab.test", 443, WEB)),
+        None,
+        ANSWER,
+    )
+    .unwrap();
+    assert_eq!(field(&deep, "sni"), "x.y.wild.lab.test", "{deep:?}");
+    assert_eq!(field(&r.https("a.lab.test", 8443, WEB), "vhost"), "a.lab.test");
+
+    // Dial by name: the client aims an allowed SNI at an address where nothing listens; the appliance
+    // connects where its own resolver says, so the real server answers.
+    let spoofed = r.https("a.lab.test", 443, ELSEWHERE);
+    assert_eq!(spoofed.status, Some(200), "{spoofed:?}");
+    assert_eq!(field(&spoofed, "vhost"), "a.lab.test");
+    let rec = r.wait_flow(&[
+        ("Fqdn", json!("a.lab.test")),
+        ("DestinationIp", json!(ELSEWHERE.to_string())),
+    ]);
+    assert_eq!(rec["UpstreamIp"], WEB.to_string());
+    assert_eq!(rec["Category"], "AZFWApplicationRule");
+    assert_eq!(rec["Protocol"], "HTTPS");
+    assert_eq!(rec["Rule"], "a");
+
+    // Denied: by the explicit rule, by default (no rule), on 8443 for a name only allowed on 443; all reset
+    // after the ClientHello (curl: 35 handshake failure, or 56 receive failure).
+    for (name, port) in [("b.lab.test", 443), ("denied.lab.test", 443), ("x.wild.lab.test", 8443)] {
+        let c = r.https(name, port, WEB);
+        assert!(c.status.is_none(), "{name}:{port} must be denied: {c:?}");
+        assert!(matches!(c.exit, Some(35 | 56)), "{name}:{port}: {c:?}");
+    }
+    let rec = r.wait_flow(&[("Fqdn", json!("b.lab.test")), ("Action", json!("Deny"))]);
+    assert_eq!(rec["Rule"], "no-b");
+    assert_eq!(rec["RuleCollection"], "app-deny");
+    let rec = r.wait_flow(&[("Fqdn", json!("denied.lab.test")), ("Action", json!("Deny"))]);
+    assert_eq!(rec["ActionReason"], "No rule matched. Proceeding with default action.");
+
+    // No SNI: denied with Azure's reason.
+    let s = peers::openssl_s_client(&r.lab.spoke, sa(WEB, 443), None, ANSWER).unwrap();
+    assert!(!s.handshake_ok(), "{s:?}");
+    let rec = r.wait_flow(&[
+        ("Fqdn", json!("")),
+        ("Action", json!("Deny")),
+        ("Protocol", json!("HTTPS")),
+    ]);
+    assert_eq!(rec["ActionReason"], "SNI TLS extension was missing.");
+
+    // A network rule allowing TCP 443 to SERVER2 wins over the application deny of b.lab.test (§1.3):
+    // forwarded by the data plane, the server's default vhost answers (the name has no vhost there).
+    let c = peers::curl_https(
+        &r.lab.spoke,
+        "https://b.lab.test/",
+        Some(("b.lab.test", 443, lab::SERVER2)),
+        None,
+        ANSWER,
+    )
+    .unwrap();
+    assert_eq!(c.status, Some(200), "{c:?}");
+    assert_eq!(field(&c, "sni"), "b.lab.test");
+    r.wait_flow(&[
+        ("Rule", json!("tls-to-server2")),
+        ("Category", json!("AZFWNetworkRule")),
+    ]);
+
+    // Bytes that are neither TLS nor HTTP on an intercepted port: closed.
+    let garbage = send_raw(&r.lab.spoke, sa(WEB, 443), b"\x00\x01\x02\x03 not tls\r\n\r\n");
+    assert!(garbage.is_empty(), "{garbage:?}");
+
+    // Nothing of this reached the server by the client's chosen address.
+    let access = r.vhosts.access_log();
+    assert!(access.contains("a.lab.test"), "{access}");
+}
+
+#[test]
+fn privileged_http_by_host_xff_470_and_keep_alive_checks() {
+    require_privileged!();
+    let r = start(Arms::One, &[]);
+    let lab = &r.lab;
+    let c = peers::curl_http(
+        &lab.spoke,
+        &format!("http://{WEB}/hello"),
+        &["Host: a.lab.test"],
+        ANSWER,
+    )
+    .unwrap();
+    assert_eq!(c.status, Some(200), "{c:?}");
+    assert_eq!(field(&c, "host"), "a.lab.test");
+    assert_eq!(field(&c, "xff"), lab::CLIENT.to_string());
+    assert_eq!(
+        field(&c, "client"),
+        lab::FW_EXTERNAL.to_string(),
+        "SNAT to the appliance"
+    );
+    assert_eq!(field(&c, "uri"), "/hello");
+    // An existing X-Forwarded-For is appended to.
+    let c = peers::curl_http(
+        &lab.spoke,
+        &format!("http://{WEB}/"),
+        &["Host: a.lab.test", "X-Forwarded-For: 192.0.2.77"],
+        ANSWER,
+    )
+    .unwrap();
+    assert_eq!(field(&c, "xff"), format!("192.0.2.77, {}", lab::CLIENT));
+
+    // Denied: status 470 with Azure's text; the explicit deny names its collection and rule.
+    let c = peers::curl_http(
+        &lab.spoke,
+        &format!("http://{WEB}/"),
+        &["Host: denied.lab.test"],
+        ANSWER,
+    )
+    .unwrap();
+    assert_eq!(c.status, Some(470), "{c:?}");
+    let prefix = format!("HTTP request from {}:", lab::CLIENT);
+    assert!(c.body.starts_with(&prefix), "{c:?}");
+    assert!(
+        c.body
+            .ends_with("to denied.lab.test:80. Action: Deny. Reason: No rule matched. Proceeding with default action."),
+        "{c:?}"
+    );
+    let c = peers::curl_http(&lab.spoke, &format!("http://{WEB}/"), &["Host: b.lab.test"], ANSWER).unwrap();
+    assert_eq!(c.status, Some(470), "{c:?}");
+    assert!(c.body.contains("Rule Collection: app-deny. Rule: no-b"), "{c:?}");
+    let rec = r.wait_flow(&[("Fqdn", json!("b.lab.test")), ("Protocol", json!("HTTP"))]);
+    assert_eq!(rec["TargetUrl"], "http://b.lab.test/");
+    assert_eq!(rec["Action"], "Deny");
+
+    // A Host port that is not the TCP port: dropped, no page (§3).
+    let c = peers::curl_http(
+        &lab.spoke,
+        &format!("http://{WEB}/"),
+        &["Host: a.lab.test:8080"],
+        ANSWER,
+    )
+    .unwrap();
+    assert!(c.status.is_none(), "{c:?}");
+
+    // Keep-alive: every request is checked. An allowed request, then one for a denied host on the same
+    // connection: the first is answered by the server, the second gets 470 and the connection ends.
+    let reply = send_raw(
+        &lab.spoke,
+        sa(WEB, 80),
+        b"GET /one HTTP/1.1\r\nHost: a.lab.test\r\n\r\nGET /two HTTP/1.1\r\nHost: denied.lab.test\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("uri=/one"), "{text}");
+    assert!(text.contains("HTTP/1.1 470"), "{text}");
+    assert!(
+        !text.contains("uri=/two"),
+        "the denied request must not reach the server: {text}"
+    );
+    // Two allowed requests with a body in between (chunked), pipelined on one connection.
+    let reply = send_raw(
+        &lab.spoke,
+        sa(WEB, 80),
+        b"POST /p HTTP/1.1\r\nHost: a.lab.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /after HTTP/1.1\r\nHost: a.lab.test\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("uri=/after"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+
+    // A large download through the relay arrives whole.
+    let c = peers::curl_with(
+        &lab.spoke,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            "Host: a.lab.test",
+            &format!("http://{WEB}/big"),
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(c.downloaded, r.vhosts.big_bytes, "{c:?}");
+}
+
+#[test]
+fn privileged_silent_client_is_closed_and_stop_removes_the_steering() {
+    require_privileged!();
+    let mut r = start(Arms::Two, &["--proxy-handshake-timeout", "2"]);
+    // A client that connects and sends nothing is closed after the handshake timeout.
+    let started = Instant::now();
+    let out = r
+        .lab
+        .spoke
+        .enter(move || {
+            let mut s = TcpStream::connect_timeout(&sa(WEB, 443).into(), Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut b = [0u8; 16];
+            s.read(&mut b)
+        })
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(matches!(out, Ok(0) | Err(_)), "{out:?}");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(9),
+        "{waited:?}"
+    );
+    // A dribbling client (one byte a second) fares no better.
+    let started = Instant::now();
+    let dribble = r
+        .lab
+        .spoke
+        .enter(move || -> std::io::Result<Duration> {
+            let mut s = TcpStream::connect_timeout(&sa(WEB, 80).into(), Duration::from_secs(3))?;
+            for b in b"GET / HTTP/1.1\r\nHost: a.lab.test\r\n" {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                if started.elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+            }
+            Ok(started.elapsed())
+        })
+        .unwrap()
+        .unwrap();
+    assert!(
+        dribble < Duration::from_secs(8),
+        "dribbling client not cut: {dribble:?}"
+    );
+
+    assert!(r.daemon.stop(STOP).expect("stop"), "{}", lab::tail(&r.daemon.stderr()));
+    let log = r.daemon.stderr();
+    assert!(log.contains("\"handshake_timeouts\":"), "{log}");
+    let tables = r
+        .lab
+        .fw
+        .run("nft", &["list", "tables"], Duration::from_secs(5))
+        .unwrap()
+        .stdout;
+    assert!(!tables.contains("portcullis_proxy"), "{tables}");
+    let rules = r.lab.fw.ip(&["rule", "show"]).unwrap();
+    assert!(!rules.contains("5043"), "{rules}");
+    // Stopped with state kept: the pinned program drops application-rule ports instead of passing them to a
+    // kernel that would forward them unfiltered.
+    let c = r.https("a.lab.test", 443, WEB);
+    assert!(c.status.is_none(), "{c:?}");
+    let _ = &r.config;
+}
+
+/// Sends `bytes` from `ns` to `to`, half-closes, and returns everything received (bounded).
+fn send_raw(ns: &Netns, to: SocketAddrV4, bytes: &'static [u8]) -> Vec<u8> {
+    ns.enter(move || {
+        let mut out = Vec::new();
+        let Ok(mut s) = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3)) else {
+            return out;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(bytes).is_err() {
+            return out;
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut buf = [0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        out
+    })
+    .unwrap()
+}
