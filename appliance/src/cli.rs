@@ -169,6 +169,12 @@ pub struct RunArgs {
     /// Seconds without a byte either way before a proxied connection is closed (Azure Firewall: 240)
     #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub proxy_idle_timeout: u64,
+    /// Proxied connections open at once; more are reset (counted)
+    #[arg(long, default_value_t = crate::proxy::Limits::default().max_connections, value_parser = parse_limit)]
+    pub proxy_max_connections: usize,
+    /// Proxied connections open at once from one source address; more are reset (counted)
+    #[arg(long, default_value_t = crate::proxy::Limits::default().max_per_source, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub proxy_max_per_source: u32,
 }
 
 impl RunArgs {
@@ -189,7 +195,18 @@ impl RunArgs {
                 idle: std::time::Duration::from_secs(self.proxy_idle_timeout),
                 ..crate::proxy::Timeouts::default()
             },
+            proxy_limits: crate::proxy::Limits {
+                max_connections: self.proxy_max_connections,
+                max_per_source: self.proxy_max_per_source,
+            },
         }
+    }
+}
+
+fn parse_limit(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number from 1 to 1000000")),
     }
 }
 

@@ -40,7 +40,8 @@ macro_rules! require_privileged {
 /// The test policy. Application rules: explicit deny of b.lab.test (collection priority 100) before the
 /// allows (200): a.lab.test on Http:80, Https:443 and Https:8443, `*.wild.lab.test` on Https:443,
 /// `*lab.test` never. Network rule: TCP 443 to SERVER2 allowed (it must win over the application deny).
-fn policy(lab: &Lab, extra_app_rule: &str) -> String {
+fn policy(lab: &Lab, allow_a: bool) -> String {
+    let a_name = if allow_a { "a.lab.test" } else { "not-a.lab.test" };
     let (internal, external) = lab.fw_interfaces();
     let interfaces = match external {
         Some(e) => format!("{{internal: {internal}, external: {e}}}"),
@@ -91,12 +92,12 @@ policy:
               name: a
               sourceAddresses: [{spoke}]
               protocols: [{{protocolType: Http, port: 80}}, {{protocolType: Https, port: 443}}, {{protocolType: Https, port: 8443}}]
-              targetFqdns: [a.lab.test]
+              targetFqdns: [{a_name}, gone.lab.test]
             - ruleType: ApplicationRule
               name: wild
               sourceAddresses: [{spoke}]
               protocols: [{{protocolType: Https, port: 443}}]
-              targetFqdns: ["*.wild.lab.test"]{extra_app_rule}
+              targetFqdns: ["*.wild.lab.test"]
 "#,
         ext = lab::FW_EXTERNAL,
         spoke = lab::SPOKE_NET,
@@ -128,7 +129,7 @@ fn start(arms: Arms, extra: &[&str]) -> Running {
             16,
         )
         .expect("nginx vhosts");
-    let config = lab.write("policy.yaml", &policy(&lab, "")).unwrap();
+    let config = lab.write("policy.yaml", &policy(&lab, true)).unwrap();
     let mut daemon = lab
         .portcullis(Path::new(BIN), &config, extra)
         .expect("spawn portcullis");
@@ -326,6 +327,18 @@ fn privileged_http_by_host_xff_470_and_keep_alive_checks() {
     assert_eq!(rec["TargetUrl"], "http://b.lab.test/");
     assert_eq!(rec["Action"], "Deny");
 
+    // Allowed, but the appliance's resolver has no address for it: 502, and the log says why.
+    let c = peers::curl_http(&lab.spoke, &format!("http://{WEB}/"), &["Host: gone.lab.test"], ANSWER).unwrap();
+    assert_eq!(c.status, Some(502), "{c:?}");
+    let rec = r.wait_flow(&[("Fqdn", json!("gone.lab.test"))]);
+    assert!(
+        rec["Reason"]
+            .as_str()
+            .unwrap()
+            .contains("Upstream: resolving gone.lab.test"),
+        "{rec}"
+    );
+
     // A Host port that is not the TCP port: dropped, no page (§3).
     let c = peers::curl_http(
         &lab.spoke,
@@ -380,7 +393,10 @@ fn privileged_http_by_host_xff_470_and_keep_alive_checks() {
 #[test]
 fn privileged_silent_client_is_closed_and_stop_removes_the_steering() {
     require_privileged!();
-    let mut r = start(Arms::Two, &["--proxy-handshake-timeout", "2"]);
+    let mut r = start(
+        Arms::Two,
+        &["--proxy-handshake-timeout", "2", "--proxy-max-per-source", "2"],
+    );
     // A client that connects and sends nothing is closed after the handshake timeout.
     let started = Instant::now();
     let out = r
@@ -424,9 +440,38 @@ fn privileged_silent_client_is_closed_and_stop_removes_the_steering() {
         "dribbling client not cut: {dribble:?}"
     );
 
+    // Per-source limit 2: two silent connections are held, a third is reset at once.
+    let third = r
+        .lab
+        .spoke
+        .enter(move || -> std::io::Result<(std::io::Result<usize>, Duration)> {
+            let _one = TcpStream::connect_timeout(&sa(WEB, 443).into(), Duration::from_secs(3))?;
+            let _two = TcpStream::connect_timeout(&sa(WEB, 443).into(), Duration::from_secs(3))?;
+            std::thread::sleep(Duration::from_millis(200));
+            let started = Instant::now();
+            let mut s = TcpStream::connect_timeout(&sa(WEB, 443).into(), Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut b = [0u8; 16];
+            let r = s.read(&mut b);
+            Ok((r, started.elapsed()))
+        })
+        .unwrap()
+        .unwrap();
+    assert!(matches!(third.0, Ok(0) | Err(_)), "{third:?}");
+    assert!(
+        third.1 < Duration::from_secs(1),
+        "the third connection is refused at once: {third:?}"
+    );
+
     assert!(r.daemon.stop(STOP).expect("stop"), "{}", lab::tail(&r.daemon.stderr()));
     let log = r.daemon.stderr();
-    assert!(log.contains("\"handshake_timeouts\":"), "{log}");
+    let stats = log
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis: application proxy: {"))
+        .map(|rest| serde_json::from_str::<Value>(&format!("{{{rest}")).unwrap())
+        .unwrap_or_else(|| panic!("no proxy counters in {log}"));
+    assert!(stats["handshake_timeouts"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["refused_source_limit"].as_u64().unwrap() >= 1, "{stats}");
     let tables = r
         .lab
         .fw
@@ -440,7 +485,57 @@ fn privileged_silent_client_is_closed_and_stop_removes_the_steering() {
     // kernel that would forward them unfiltered.
     let c = r.https("a.lab.test", 443, WEB);
     assert!(c.status.is_none(), "{c:?}");
-    let _ = &r.config;
+}
+
+#[test]
+fn privileged_reload_to_deny_cuts_proxied_connections() {
+    require_privileged!();
+    let r = start(Arms::Two, &[]);
+    let lab = &r.lab;
+    // A slow HTTPS download of an allowed name, in the background.
+    let url = "https://a.lab.test/big";
+    let resolve = format!("a.lab.test:443:{WEB}");
+    let ca = r.ca.ca_cert().to_string_lossy().into_owned();
+    let mut slow = lab
+        .spawn(
+            &lab.spoke,
+            "slow-curl",
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--limit-rate",
+                "1M",
+                "--max-time",
+                "30",
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &ca,
+                url,
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        slow.try_status().is_none(),
+        "the download is still running: {}",
+        slow.stderr()
+    );
+    std::fs::write(&r.config, policy(lab, false)).unwrap();
+    let mut d = r.daemon;
+    d.reload().unwrap();
+    d.wait_log("reloaded (generation", Duration::from_secs(10)).unwrap();
+    let status = slow
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the download is cut, not left running");
+    assert!(!status.success(), "the download must not complete: {}", slow.stderr());
+    // New requests for the name are denied now.
+    let c = peers::curl_http(&lab.spoke, &format!("http://{WEB}/"), &["Host: a.lab.test"], ANSWER).unwrap();
+    assert_eq!(c.status, Some(470), "{c:?}");
+    assert!(d.stop(STOP).unwrap());
+    assert!(d.stderr().contains("\"cut_by_reload\":1"), "{}", d.stderr());
 }
 
 /// Sends `bytes` from `ns` to `to`, half-closes, and returns everything received (bounded).

@@ -254,11 +254,26 @@ async fn accept_loop(listener: TcpListener, sh: Arc<Shared>, config: ProxyConfig
         };
         let sh = sh.clone();
         tokio::spawn(async move {
-            sh.stats.inc(&sh.stats.active);
-            conn::handle(stream, client, orig, sh.clone()).await;
-            sh.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            drop((permit, slot));
+            // Released however the task ends (a panic included).
+            let _held = (permit, slot, Active::new(sh.clone()));
+            conn::handle(stream, client, orig, sh).await;
         });
+    }
+}
+
+/// Counts a connection in `active` while it lives.
+struct Active(Arc<Shared>);
+
+impl Active {
+    fn new(sh: Arc<Shared>) -> Self {
+        sh.stats.inc(&sh.stats.active);
+        Self(sh)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

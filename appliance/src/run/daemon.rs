@@ -51,6 +51,7 @@ impl AppProxy {
         let mut config = ProxyConfig::new(source);
         config.listen.set_port(opts.proxy_port);
         config.timeouts = opts.proxy_timeouts;
+        config.limits = opts.proxy_limits;
         let sink: EventSink = Arc::new(move |event| {
             let record = flowlog::AppRecord::new(&event, SystemTime::now());
             let mut out = log.lock().unwrap_or_else(|p| p.into_inner());

@@ -59,6 +59,7 @@ pub struct Options {
     pub proxy_port: u16,
     /// The proxy's time limits (handshake, connect, idle).
     pub proxy_timeouts: crate::proxy::Timeouts,
+    pub proxy_limits: crate::proxy::Limits,
 }
 
 impl Default for Options {
@@ -75,6 +76,7 @@ impl Default for Options {
             application_proxy: true,
             proxy_port: crate::proxy::ProxyConfig::DEFAULT_PORT,
             proxy_timeouts: crate::proxy::Timeouts::default(),
+            proxy_limits: crate::proxy::Limits::default(),
         }
     }
 }
