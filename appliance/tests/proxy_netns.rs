@@ -27,7 +27,13 @@ const WEB: Ipv4Addr = lab::SERVER;
 const RESOLVER: Ipv4Addr = lab::SERVER2;
 /// An address the client may aim at with an allowed SNI: nothing listens there on 443.
 const ELSEWHERE: Ipv4Addr = lab::BAD_SERVER;
-const NAMES: &[&str] = &["a.lab.test", "b.lab.test", "denied.lab.test", "*.wild.lab.test"];
+const NAMES: &[&str] = &[
+    "a.lab.test",
+    "b.lab.test",
+    "big.lab.test",
+    "denied.lab.test",
+    "*.wild.lab.test",
+];
 
 macro_rules! require_privileged {
     () => {
@@ -91,8 +97,8 @@ policy:
             - ruleType: ApplicationRule
               name: a
               sourceAddresses: [{spoke}]
-              protocols: [{{protocolType: Http, port: 80}}, {{protocolType: Https, port: 443}}, {{protocolType: Https, port: 8443}}]
-              targetFqdns: [{a_name}, gone.lab.test]
+              protocols: [{{protocolType: Http, port: 80}}, {{protocolType: Https, port: 443}}, {{protocolType: Https, port: 8443}}, {{protocolType: Http, port: 8081}}]
+              targetFqdns: [{a_name}, gone.lab.test, big.lab.test]
             - ruleType: ApplicationRule
               name: wild
               sourceAddresses: [{spoke}]
@@ -186,7 +192,7 @@ fn privileged_https_by_sni_dial_by_name_and_denials() {
     let r = start(Arms::Two, &[]);
     let log = r.daemon.stderr();
     assert!(
-        log.contains("application proxy: TCP ports 80, 443, 8443 on in0"),
+        log.contains("application proxy: TCP ports 80, 443, 8081, 8443 on in0"),
         "{log}"
     );
 
@@ -263,6 +269,37 @@ fn privileged_https_by_sni_dial_by_name_and_denials() {
         ("Rule", json!("tls-to-server2")),
         ("Category", json!("AZFWNetworkRule")),
     ]);
+
+    // A ClientHello larger than one MTU (a 1 KiB ffdhe8192 key share and a long ALPN list), from openssl:
+    // reassembled across segments, then relayed untouched (ALPN included).
+    let alpn: Vec<String> = std::iter::once("http/1.1".to_owned())
+        .chain((0..30).map(|i| format!("{i:02}-{}", "x".repeat(47))))
+        .collect();
+    let alpn = alpn.join(",");
+    let ca = r.ca.ca_cert().to_string_lossy().into_owned();
+    let big = peers::openssl_s_client_with(
+        &r.lab.spoke,
+        sa(WEB, 443),
+        Some("a.lab.test"),
+        &["-groups", "ffdhe8192:x25519", "-alpn", &alpn, "-CAfile", &ca],
+        ANSWER,
+    )
+    .unwrap();
+    assert!(big.handshake_ok(), "{big:?}");
+    assert!(big.stdout.contains("ALPN protocol: http/1.1"), "{big:?}");
+    // The same captured 2,848-byte ClientHello written in four pieces 300 ms apart: one decision, relayed.
+    let hello = include_bytes!("../src/proxy/testdata/openssl_large.bin");
+    let answer = send_pieces(&r.lab.spoke, sa(WEB, 443), hello, 4, Duration::from_millis(300));
+    assert!(
+        matches!(answer.first(), Some(0x16 | 0x15)),
+        "a TLS server answered: {answer:?}"
+    );
+    r.wait_flow(&[("Fqdn", json!("big.lab.test")), ("Action", json!("Allow"))]);
+
+    // QUIC (UDP 443) is not handled by application rules: dropped without a network rule allowing it.
+    let _quic = r.lab.udp_echo(&r.lab.inet, sa(WEB, 443)).unwrap();
+    let echo = peers::udp_exchange(&r.lab.spoke, sa(WEB, 443), b"quic initial", Duration::from_secs(2)).unwrap();
+    assert_eq!(echo, None, "UDP 443 must not pass");
 
     // Bytes that are neither TLS nor HTTP on an intercepted port: closed.
     let garbage = send_raw(&r.lab.spoke, sa(WEB, 443), b"\x00\x01\x02\x03 not tls\r\n\r\n");
@@ -373,6 +410,49 @@ fn privileged_http_by_host_xff_470_and_keep_alive_checks() {
     let text = String::from_utf8_lossy(&reply);
     assert!(text.contains("uri=/after"), "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+
+    // WebSocket-style upgrade: after the server's 101 the connection is a tunnel (bytes echoed back by the
+    // lab's upgrade server); before it, nothing else is forwarded.
+    let script = lab
+        .write(
+            "upgrade.sh",
+            "#!/bin/sh\nwhile IFS= read -r line; do [ -z \"$(printf '%s' \"$line\" | tr -d '\\r')\" ] && break; done\n\
+             printf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n'\nexec cat\n",
+        )
+        .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let listen = format!("TCP-LISTEN:8081,bind={WEB},fork,reuseaddr");
+    let exec = format!("EXEC:{}", script.display());
+    let _upgrade = lab
+        .spawn(&lab.inet, "upgrade-server", "socat", &[&listen, &exec])
+        .unwrap();
+    peers::wait_tcp(&lab.inet, sa(WEB, 8081), Duration::from_secs(5)).unwrap();
+    let tunnel = lab
+        .spoke
+        .enter(move || -> std::io::Result<(String, Vec<u8>)> {
+            let mut s = TcpStream::connect_timeout(&sa(WEB, 8081).into(), Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(
+                b"GET /ws HTTP/1.1\r\nHost: a.lab.test:8081\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            )?;
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+                if s.read(&mut byte)? == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            // Not HTTP: only a tunnel carries it.
+            s.write_all(b"\x81\x05hello-frame")?;
+            let mut echo = vec![0u8; 13];
+            s.read_exact(&mut echo)?;
+            Ok((String::from_utf8_lossy(&head).into_owned(), echo))
+        })
+        .unwrap()
+        .unwrap();
+    assert!(tunnel.0.starts_with("HTTP/1.1 101 "), "{tunnel:?}");
+    assert_eq!(tunnel.1, b"\x81\x05hello-frame", "{tunnel:?}");
 
     // A large download through the relay arrives whole.
     let c = peers::curl_with(
@@ -536,6 +616,31 @@ fn privileged_reload_to_deny_cuts_proxied_connections() {
     assert_eq!(c.status, Some(470), "{c:?}");
     assert!(d.stop(STOP).unwrap());
     assert!(d.stderr().contains("\"cut_by_reload\":1"), "{}", d.stderr());
+}
+
+/// Writes `bytes` from `ns` to `to` in `pieces` writes `gap` apart (no Nagle), then returns what comes back
+/// within a few seconds.
+fn send_pieces(ns: &Netns, to: SocketAddrV4, bytes: &'static [u8], pieces: usize, gap: Duration) -> Vec<u8> {
+    ns.enter(move || {
+        let mut out = Vec::new();
+        let Ok(mut s) = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3)) else {
+            return out;
+        };
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        for chunk in bytes.chunks(bytes.len().div_ceil(pieces)) {
+            if s.write_all(chunk).is_err() {
+                return out;
+            }
+            std::thread::sleep(gap);
+        }
+        let mut buf = [0u8; 16384];
+        if let Ok(n) = s.read(&mut buf) {
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    })
+    .unwrap()
 }
 
 /// Sends `bytes` from `ns` to `to`, half-closes, and returns everything received (bounded).

@@ -551,6 +551,36 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
             (Stage::Application, Some(n)) => (n.to_string(), orig.port()),
             _ => (orig.ip().to_string(), orig.port()),
         };
+        if head.upgrade {
+            // A protocol switch gets a connection of its own, and nothing more from the client is forwarded
+            // until the server has answered it.
+            if let Some(u) = upstream.take() {
+                u.finish(sh.timeouts.idle).await;
+            }
+            let name = if stage == Stage::Application {
+                flow.destination_name.clone()
+            } else {
+                None
+            };
+            let up = match dial(sh, name.as_ref(), orig).await {
+                Ok(up) => up,
+                Err(why) => {
+                    let mut d = decision;
+                    d.reason = format!("{} Upstream: {why}", d.reason);
+                    record(sh, http_event(client, orig, host_text, url, d, None));
+                    let _ = relay::write_all(stream, BAD_GATEWAY).await;
+                    linger_close(stream).await;
+                    return End::Done;
+                }
+            };
+            let up_addr = match up.peer_addr() {
+                Ok(std::net::SocketAddr::V4(a)) => Some(a),
+                _ => None,
+            };
+            record(sh, http_event(client, orig, host_text, url, decision, up_addr));
+            upgrade(sh, stream, &up, *client.ip(), &head, pending, &flow).await;
+            return End::Done;
+        }
         if upstream.as_ref().is_some_and(|u| u.key != key)
             && let Some(u) = upstream.take()
         {
@@ -641,6 +671,72 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
         if head.connection_close {
             return close_http(upstream, stream, sh).await;
         }
+    }
+}
+
+/// Forwards an upgrade request, reads the server's response head, and tunnels both ways after a 101; after
+/// anything else, relays that response and ends the connection (whatever follows is not checked HTTP).
+async fn upgrade(
+    sh: &Arc<Shared>,
+    client: &TcpStream,
+    up: &TcpStream,
+    client_ip: Ipv4Addr,
+    head: &RequestHead,
+    mut pending: Vec<u8>,
+    flow: &Flow,
+) {
+    let s = &sh.stats;
+    let activity = Activity::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let rewritten = http_head::with_forwarded_for(&pending[..head.head_len], head, client_ip);
+    pending.drain(..head.head_len);
+    let sent = async {
+        relay::write_all(up, &rewritten).await?;
+        s.add(&s.bytes_up, rewritten.len() as u64);
+        forward_body(client, up, &mut pending, &mut buf, head.body, &activity, s).await
+    };
+    if !matches!(timeout(sh.timeouts.idle, sent).await, Ok(Ok(()))) {
+        relay::reset(client);
+        relay::reset(up);
+        return;
+    }
+    let mut response = Vec::new();
+    let answered = timeout(sh.timeouts.idle, async {
+        loop {
+            let n = relay::read_some(up, &mut buf).await?;
+            if n == 0 || response.len() + n > http_head::MAX_HEAD {
+                return Ok::<bool, std::io::Error>(false);
+            }
+            response.extend_from_slice(&buf[..n]);
+            if response.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok(true);
+            }
+        }
+    })
+    .await;
+    if !matches!(answered, Ok(Ok(true))) || relay::write_all(client, &response).await.is_err() {
+        relay::reset(client);
+        relay::reset(up);
+        return;
+    }
+    s.add(&s.bytes_down, response.len() as u64);
+    let switched = response.starts_with(b"HTTP/1.1 101 ") || response.starts_with(b"HTTP/1.0 101 ");
+    if switched {
+        s.inc(&s.upgrades);
+        if relay::write_all(up, &pending).await.is_err() {
+            relay::reset(client);
+            relay::reset(up);
+            return;
+        }
+        relay_checked(sh, client, up, flow).await;
+    } else {
+        relay::shutdown_write(up);
+        let _ = timeout(
+            sh.timeouts.idle,
+            relay::splice_copy(up, client, None, &activity, &s.bytes_down),
+        )
+        .await;
+        relay::shutdown_write(client);
     }
 }
 

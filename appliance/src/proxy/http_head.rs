@@ -70,6 +70,9 @@ pub struct RequestHead {
     pub connection_close: bool,
     /// The existing X-Forwarded-For value (several lines joined with ", "), if any non-empty.
     pub xff: Option<String>,
+    /// The client asks to switch protocols (`Connection: upgrade` with an `Upgrade` header, e.g. WebSocket):
+    /// after a 101 the connection carries something else, which the proxy then tunnels.
+    pub upgrade: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,6 +341,8 @@ fn interpret(rl: RequestLine, headers: &[Field<'_>], head_len: usize) -> Result<
     let mut transfer_codings: Vec<String> = Vec::new();
     let mut close = false;
     let mut keep_alive = false;
+    let mut connection_upgrade = false;
+    let mut upgrade_header = false;
     let mut xff: Vec<String> = Vec::new();
     for &(name, value) in headers {
         if name.eq_ignore_ascii_case(b"host") {
@@ -370,6 +375,7 @@ fn interpret(rl: RequestLine, headers: &[Field<'_>], head_len: usize) -> Result<
                 let item = trim_ows(item);
                 close |= item.eq_ignore_ascii_case(b"close");
                 keep_alive |= item.eq_ignore_ascii_case(b"keep-alive");
+                connection_upgrade |= item.eq_ignore_ascii_case(b"upgrade");
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             // h2c would let later requests on this connection name any :authority without passing
@@ -381,6 +387,7 @@ fn interpret(rl: RequestLine, headers: &[Field<'_>], head_len: usize) -> Result<
             {
                 return Err(HeadError::Unsupported("Upgrade: h2c"));
             }
+            upgrade_header |= !trim_ows(value).is_empty();
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") && !value.is_empty() {
             xff.push(String::from_utf8_lossy(value).into_owned());
         }
@@ -434,6 +441,7 @@ fn interpret(rl: RequestLine, headers: &[Field<'_>], head_len: usize) -> Result<
         body,
         connection_close,
         xff: if xff.is_empty() { None } else { Some(xff.join(", ")) },
+        upgrade: connection_upgrade && upgrade_header,
     })
 }
 
@@ -827,7 +835,19 @@ mod tests {
             HeadError::Unsupported("Upgrade: h2c")
         );
         let ws = b"GET /chat HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-        assert!(parse_head(ws).is_ok());
+        assert!(parse_head(ws).unwrap().upgrade);
+        // Both headers are needed: an Upgrade without `Connection: upgrade` is not a request to switch.
+        assert!(
+            !parse_head(b"GET / HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap()
+                .upgrade
+        );
+        assert!(
+            !parse_head(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, Upgrade\r\n\r\n")
+                .unwrap()
+                .upgrade
+        );
+        assert!(!parse_head(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap().upgrade);
     }
 
     #[test]

@@ -67,6 +67,8 @@ counters! {
     connect_failures,
     /// Upstream connections opened.
     upstream_connections,
+    /// HTTP connections switched to a tunnel by a 101 (WebSocket and other upgrades).
+    upgrades,
     /// Bytes client → server and server → client.
     bytes_up,
     bytes_down,
