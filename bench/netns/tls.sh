@@ -197,9 +197,12 @@ if [[ ",$VARIANTS," == *,haproxy,* ]] && ! command -v haproxy >/dev/null; then
 fi
 
 # ---------- measurement helpers ----------
-# cpu1: "busy total" jiffies of FW_CPU.
+# FW_CPU: "wall-seconds idle-jiffies". /proc/stat's idle (+iowait) of a NO_HZ CPU is measured exactly,
+# while its user/system/softirq are sampled at the tick and miss short bursts: busy = wall - idle.
 cpu_snap() {
-	awk -v c="cpu$FW_CPU" '$1 == c { busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6 + $9 }' /proc/stat
+	local now
+	now=$(date +%s.%N)
+	awk -v c="cpu$FW_CPU" -v now="$now" '$1 == c { print now, $5 + $6 }' /proc/stat
 }
 # Jiffies (utime+stime) of the firewall's own tasks: its NAPI threads, ksoftirqd/FW_CPU and FWPID's tasks.
 thread_ticks() {
@@ -357,7 +360,7 @@ point() {
 	[ -n "$errs" ] || errs=0
 	reqs=${reqs:-0}
 	read -r cps core thr busy < <(awk -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v n="$reqs" -v w="$WINDOW" -v hz="$CLK_TCK" 'BEGIN {
-		split(a, x); split(b, y); db = (y[1] - x[1]) / hz; dt = (y[2] - x[2]) / hz; th = (t1 - t0) / hz
+		split(a, x); split(b, y); dt = y[1] - x[1]; db = dt - (y[2] - x[2]) / hz; th = (t1 - t0) / hz
 		if (n == 0) n = 1e-9
 		printf "%.1f %.1f %.1f %.0f\n", n / w, db / n * 1e6, th / n * 1e6, 100 * db / (dt > 0 ? dt : 1) }')
 	# single flow, 100 MiB
@@ -370,7 +373,7 @@ point() {
 	read -r speed bcore bthr < <(awk -v s="$speed" -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" -v big="$BIG_BYTES" 'BEGIN {
 		split(s, q); split(a, x); split(b, y)
 		if (q[2] != big) { print "0 0 0"; exit }
-		printf "%.1f %.3f %.3f\n", q[1] / 1e6, (y[1] - x[1]) / hz / big * 1e9, (t1 - t0) / hz / big * 1e9 }')
+		printf "%.1f %.3f %.3f\n", q[1] / 1e6, ((y[1] - x[1]) - (y[2] - x[2]) / hz) / big * 1e9, (t1 - t0) / hz / big * 1e9 }')
 	# latency: LAT_N sequential new connections (one curl, Connection: close, no TLS resumption on nginx)
 	sleep 0.5
 	cli curl "${CURL_OPTS[@]}" -o /dev/null -H "Connection: close" -w '%{http_code} %{time_total} %{time_connect} %{time_appconnect} %{time_starttransfer}\n' \
@@ -392,6 +395,13 @@ point() {
 	topo_down
 }
 
+{
+	echo "date: $(date -u +%FT%TZ)"; echo "kernel: $(uname -r)"; echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+	echo "git: $(cd "$root" && git rev-parse --short HEAD) ($(cd "$root" && git status --short | wc -l) files changed in the tree)"
+	echo "portcullis: $PORTCULLIS ($(stat -c %y "$PORTCULLIS" 2>/dev/null || echo absent))"
+	nginx -v 2>&1; haproxy -v 2>/dev/null | head -1 || true; [ -z "$SQUID" ] || "$SQUID" -v | head -1; wrk -v 2>&1 | head -1 || true
+	echo "rounds $ROUNDS, window ${WINDOW}s, $CONNS connections, latency $LAT_N requests"
+} >"$RUN/env.txt"
 START=$(date +%s)
 IFS=, read -r -a VLIST <<<"$VARIANTS"
 log "run dir $RUN; variants ${VLIST[*]}; $ROUNDS rounds"

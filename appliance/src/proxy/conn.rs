@@ -410,7 +410,7 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
     let stream = &*client_stream;
     let s = &sh.stats;
     let mut pending: Vec<u8> = Vec::with_capacity(4096);
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     let mut upstream: Option<Upstream> = None;
     let mut first = true;
     let activity = Activity::new();

@@ -16,6 +16,8 @@ pub mod resolve;
 mod server;
 pub mod stats;
 pub mod steer;
+#[cfg(test)]
+mod tests;
 
 pub use conn::{AppEvent, Compiled, EventSink, Timeouts};
 pub use server::{Limits, Proxy, ProxyConfig, ProxyError, dns_servers};
