@@ -485,6 +485,14 @@ pub fn interfaces() -> Result<Vec<Interface>, NetSetupError> {
     Ok(out)
 }
 
+/// Makes the kernel resolve the neighbour `addr` (a next hop the data plane found unresolved): an empty
+/// datagram to its discard port, routed by the kernel, which sends the ARP request first. The datagram
+/// itself is harmless (discard, or an ICMP port unreachable back).
+pub fn solicit_neighbour(addr: std::net::Ipv4Addr) -> std::io::Result<()> {
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.send_to(&[], (addr, 9)).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -711,3 +711,31 @@ fn run_as_non_root_fails_clearly() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn privileged_next_hops_without_a_neighbour_entry_are_resolved_not_handed_to_the_kernel() {
+    require_privileged!();
+    let mut r = start(Arms::Two, &[]);
+    let lab = &r.lab;
+    // An on-premises server the appliance has never talked to, and the Internet router forgotten: the
+    // first packet toward each finds no neighbour entry. The data plane drops it and has the kernel
+    // resolve the next hop; the client's retransmission then goes through (translated or not).
+    lab.onprem.ip(&["addr", "add", "10.20.0.20/24", "dev", "eth0"]).unwrap();
+    let fresh = std::net::Ipv4Addr::new(10, 20, 0, 20);
+    let _onprem = lab.nginx(&lab.onprem, &[sa(fresh, 80)]).unwrap();
+    let _web = lab.nginx(&lab.inet, &[sa(lab::SERVER, 80)]).unwrap();
+    lab.fw
+        .ip(&["neigh", "del", &lab::INET_ROUTER.to_string(), "dev", "out0"])
+        .unwrap();
+    assert_eq!(curl_ok(&lab.spoke, sa(fresh, 80)), lab::CLIENT.to_string());
+    assert_eq!(curl_ok(&lab.spoke, sa(lab::SERVER, 80)), lab::FW_EXTERNAL.to_string());
+    assert!(r.daemon.stop(STOP).unwrap());
+    let log = r.daemon.stderr();
+    let no_neigh: u64 = log
+        .split("\"fib_no_neigh\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fib_no_neigh counter in {log}"));
+    assert!(no_neigh >= 1, "{log}");
+}

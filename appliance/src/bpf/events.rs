@@ -75,11 +75,22 @@ impl FlowEvent {
 /// counted in `DataPlaneStats::events_lost`.
 pub struct EventReader {
     ring: RingBuf<MapData>,
+    /// Next hops the program found without a neighbour entry: (interface index, address).
+    neighbours: Vec<(u32, Ipv4Addr)>,
 }
 
 impl EventReader {
     pub(crate) fn new(ring: RingBuf<MapData>) -> Self {
-        EventReader { ring }
+        EventReader {
+            ring,
+            neighbours: Vec::new(),
+        }
+    }
+
+    /// The next hops to resolve that arrived since the last call (see `fwd.rs` in the program: the
+    /// packets to them were dropped, the senders' retransmissions succeed once the kernel knows them).
+    pub fn take_neighbour_requests(&mut self) -> Vec<(u32, Ipv4Addr)> {
+        std::mem::take(&mut self.neighbours)
     }
 
     /// The next event, if one is ready.
@@ -93,6 +104,13 @@ impl EventReader {
             // SAFETY: the program writes whole `FlowEvent`s (`repr(C)`, integers only, every bit
             // pattern valid); the length was checked; `read_unaligned` needs no alignment.
             let raw = unsafe { core::ptr::read_unaligned(item.as_ptr() as *const RawEvent) };
+            if raw.verdict == portcullis_common::VERDICT_NEIGHBOUR {
+                if self.neighbours.len() < 4096 {
+                    self.neighbours
+                        .push((raw.rule_index, Ipv4Addr::from(raw.dst.to_ne_bytes())));
+                }
+                continue;
+            }
             return Some(FlowEvent::from_raw(&raw));
         }
     }

@@ -1,6 +1,7 @@
 //! `portcullis lab`: the main job on the embedded default policy — load and validate it, explain sample
 //! flows an AKS cluster produces, and exercise the XDP program in a throw-away network namespace.
 
+pub mod enforce;
 pub mod xdp;
 
 use crate::cli::{DEFAULT_POLICY, DEFAULT_POLICY_NAME, LabArgs, describe_flow, rule_path, summary};
@@ -154,6 +155,36 @@ pub fn run(args: &LabArgs) -> Result<ExitCode> {
     }
     if !report.ok() {
         bail!("the XDP smoke test failed (see FAIL above)");
+    }
+
+    println!("\n== enforcement: `portcullis run` on this policy between an AKS subnet and a lab Internet (namespaces)");
+    if args.config.is_some() {
+        println!("   skipped: the enforcement lab runs the embedded policy (its addresses are the lab's)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Err(why) = enforce::available() {
+        println!("   skipped: {why}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let binary = std::env::current_exe()?;
+    let report = enforce::run(&binary, DEFAULT_POLICY)?;
+    for c in &report.checks {
+        let detail = if c.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", c.detail)
+        };
+        println!("   [{}] {}{detail}", if c.ok { " ok " } else { "FAIL" }, c.what);
+    }
+    println!("   flow log ({} records), first ones:", report.flow_log.len());
+    for line in report.flow_log.iter().take(6) {
+        println!("     {line}");
+    }
+    for line in &report.counters {
+        println!("   {}", line.trim_start_matches("portcullis: "));
+    }
+    if !report.ok() {
+        bail!("the enforcement lab failed (see FAIL above)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -389,18 +389,24 @@ struct Upstream {
     switching: Arc<AtomicBool>,
     /// The server → client relay; ends at the server's EOF.
     down: tokio::task::JoinHandle<()>,
+    /// Touched by every byte either way on the client connection.
+    activity: Arc<Activity>,
 }
 
 impl Upstream {
-    /// Lets the server finish its responses (half-close, wait for its EOF, bounded) so nothing that
-    /// follows can interleave with them.
-    async fn finish(self, limit: Duration) {
+    /// Lets the server finish its responses (half-close, wait for its EOF while bytes still flow, at most
+    /// `idle` without any) so nothing that follows can interleave with them.
+    async fn finish(self, idle: Duration) {
         self.switching.store(true, Ordering::Relaxed);
         relay::shutdown_write(&self.stream);
         let mut down = self.down;
         // A finished relay may already have been awaited: never poll it again.
-        if !down.is_finished() && timeout(limit, &mut down).await.is_err() {
-            down.abort();
+        if down.is_finished() {
+            return;
+        }
+        tokio::select! {
+            _ = &mut down => {}
+            _ = self.activity.idle(idle) => down.abort(),
         }
     }
 }
@@ -413,7 +419,7 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
     let mut buf = vec![0u8; 16 * 1024];
     let mut upstream: Option<Upstream> = None;
     let mut first = true;
-    let activity = Activity::new();
+    let activity = Arc::new(Activity::new());
     let mut rx = sh.policy.clone();
     loop {
         // A complete request head in `pending`.
@@ -426,9 +432,11 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
             if pending.len() >= http_head::MAX_HEAD {
                 break Err(HeadError::TooLarge);
             }
+            // Between requests the connection may wait as long as bytes flow either way (a long
+            // download); inside a head only for the handshake timeout.
+            let between = head_deadline.is_none() && pending.is_empty();
             let limit = match head_deadline {
                 Some(d) => d,
-                None if pending.is_empty() => Instant::now() + sh.timeouts.idle,
                 None => Instant::now() + sh.timeouts.handshake,
             };
             let read = async {
@@ -442,7 +450,14 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
                     None => relay::read_some(stream, &mut buf).await,
                 }
             };
-            let got = timeout_at(limit, read).await;
+            let got = if between {
+                tokio::select! {
+                    r = read => Ok(r),
+                    _ = activity.idle(sh.timeouts.idle) => Err(()),
+                }
+            } else {
+                timeout_at(limit, read).await.map_err(|_| ())
+            };
             match got {
                 Err(_) if first => return End::HandshakeTimeout,
                 Err(_) if pending.is_empty() => {
@@ -598,8 +613,8 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
                     let switching = Arc::new(AtomicBool::new(false));
                     let down = {
                         let (up, cl, sw, sh2) = (up.clone(), client_stream.clone(), switching.clone(), sh.clone());
+                        let act = activity.clone();
                         tokio::spawn(async move {
-                            let act = Activity::new();
                             let r = relay::splice_copy(&up, &cl, None, &act, &sh2.stats.bytes_down).await;
                             if r.is_err() || !sw.load(Ordering::Relaxed) {
                                 relay::shutdown_write(&cl);
@@ -611,6 +626,7 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
                         key,
                         switching,
                         down,
+                        activity: activity.clone(),
                     });
                 }
                 Err(why) => {

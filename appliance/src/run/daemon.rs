@@ -506,8 +506,14 @@ fn event_loop(mut reader: EventReader, out: SharedLog, policies: &Policies, stop
             }
         }
         let now = SystemTime::now();
+        let events = reader.drain();
+        for (_, hop) in reader.take_neighbour_requests() {
+            if let Err(e) = netsetup::solicit_neighbour(hop) {
+                log(format!("resolving the next hop {hop}: {e}"));
+            }
+        }
         let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
-        for ev in reader.drain() {
+        for ev in events {
             let Some(policy) = policies.get(ev.generation) else {
                 continue;
             };

@@ -326,6 +326,11 @@ pub const MAX_RULE_INDEX: u32 = 65_536;
 /// Flow events (`RingBuf` of [`FlowEvent`]).
 pub const EVENTS_MAP: &str = "EVENTS";
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Next hops without a neighbour entry, by address, with the time the last request for it was
+/// emitted (`LruHashMap<u32, u64>`): one request per hop per [`NEIGHBOUR_REQUEST_NS`].
+pub const NEIGH_MAP: &str = "NEIGH";
+pub const NEIGH_MAX_ENTRIES: u32 = 1024;
+pub const NEIGHBOUR_REQUEST_NS: u64 = 200_000_000;
 
 // Per-policy maps. Each holds both sets: the set is part of the key (LPM keys start with the set
 // as a big-endian u32, array indexes are offset by set × size, hash keys carry it), so the program
@@ -554,6 +559,9 @@ pub struct RuleStat {
 pub const VERDICT_ALLOW: u8 = 1;
 pub const VERDICT_DENY: u8 = 2;
 pub const VERDICT_DNAT: u8 = 3;
+/// Not a flow: the next hop `dst` (on interface `rule_index`) has no neighbour entry; the packet was
+/// dropped and userspace makes the kernel resolve it (the sender's retransmission then goes through).
+pub const VERDICT_NEIGHBOUR: u8 = 4;
 
 pub const STAGE_THREAT_INTEL: u8 = 0;
 pub const STAGE_DNAT: u8 = 1;

@@ -1,17 +1,22 @@
 //! Forwarding: `bpf_fib_lookup` on the (rewritten) headers, then MAC rewrite, TTL decrement and
-//! `bpf_redirect` (or XDP_TX out of the ingress interface). Anything the FIB does not resolve to a
-//! neighbour goes to the host stack, which forwards, resolves ARP or answers with ICMP itself.
+//! `bpf_redirect` (or XDP_TX out of the ingress interface). A next hop without a neighbour entry: the
+//! packet is dropped and userspace is asked (through the event ring, at most every 200 ms per hop) to
+//! make the kernel resolve it — handing the packet to the kernel instead would not work for translated
+//! packets (their source is the appliance's own address: a martian) and would let the kernel forward
+//! untranslated ones past the policy's steering. Anything else the FIB does not forward (no route, TTL)
+//! goes to the host stack, which answers with ICMP itself.
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
 };
-use portcullis_common::Counter;
+use portcullis_common::{Counter, FlowEvent, NEIGHBOUR_REQUEST_NS, VERDICT_NEIGHBOUR};
 
 use crate::{
     counters::count,
     csum::replace16,
+    maps::{EVENTS, NEIGH},
     parse::{ETH_HLEN, EthHdr, Ipv4Hdr, ptr_at},
 };
 
@@ -64,8 +69,38 @@ pub fn forward(ctx: &XdpContext) -> u32 {
     }
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         count(Counter::FibNoNeigh);
+        // SAFETY: the union's IPv4 member is the one the lookup used (family AF_INET).
+        let hop = unsafe { p.__bindgen_anon_4.ipv4_dst };
+        request_neighbour(hop, p.ifindex);
+        return xdp_action::XDP_DROP;
     } else {
         count(Counter::FibPass);
     }
     xdp_action::XDP_PASS
+}
+
+/// Asks userspace to resolve `hop` (network byte order) on `ifindex`, unless asked recently.
+#[inline(always)]
+fn request_neighbour(hop: u32, ifindex: u32) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(last) = NEIGH.get_ptr(&hop) {
+        // SAFETY: a valid map value pointer for the duration of this program run.
+        if now.wrapping_sub(unsafe { *last }) < NEIGHBOUR_REQUEST_NS {
+            return;
+        }
+    }
+    let _ = NEIGH.insert(&hop, &now, 0);
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            entry.write(FlowEvent {
+                dst: hop,
+                verdict: VERDICT_NEIGHBOUR,
+                rule_index: ifindex,
+                ..FlowEvent::default()
+            });
+            entry.submit(0);
+        }
+        None => count(Counter::EventsLost),
+    }
 }

@@ -23,6 +23,8 @@ pub static CT: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(CT_DEFA
 pub static RULE_STATS: PerCpuArray<RuleStat> = PerCpuArray::with_max_entries(MAX_RULE_INDEX, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+pub static NEIGH: LruHashMap<u32, u64> = LruHashMap::with_max_entries(NEIGH_MAX_ENTRIES, 0);
 
 #[map]
 pub static SETCFG: Array<SetConfig> = Array::with_max_entries(2, 0);
