@@ -55,7 +55,9 @@ impl ProxyConfig {
             source,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
-            workers: 2,
+            // One per CPU the daemon may run on (its affinity), so a pinned appliance does not switch
+            // between workers sharing a core.
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(8)),
         }
     }
 }
