@@ -3,7 +3,7 @@
 # (peek-and-splice) vs plain kernel forwarding, same netns topology, same run, rounds interleaved.
 # Method: bench/README.md ("TLS SNI filtering bench") and shared/notes/bench-method.md.
 #
-#   bench/netns/tls.sh [--rounds 3] [--variants plain,portcullis,haproxy,squid] [--window 10]
+#   bench/netns/tls.sh [--rounds 3] [--variants plain,portcullis,haproxy,squid,haproxy-xdp] [--window 10]
 #                      [--latency-n 200] [--conns 32] [--work DIR]
 #
 #   pctls-cli  tlc 198.18.1.10/24 ==== tlfi 198.18.1.1/24  pctls-fw  tlfo 192.0.2.1/24 ==== tlsv 192.0.2.254/24  pctls-srv
@@ -50,6 +50,8 @@ MAC_C=02:00:5e:12:01:0a MAC_FI=02:00:5e:12:01:01 MAC_FO=02:00:5e:c0:02:01 MAC_S=
 PIN_DIR=/sys/fs/bpf/pctls-bench-$$
 HOSTS_DIR=/etc/netns/$CLI
 PORTCULLIS=${PORTCULLIS:-$root/target/release/portcullis}
+# haproxy refuses to start below maxconn × 2 descriptors (its maxconn is sized for this hard limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK)
 
 exec 9>/run/portcullis-bench-tls.lock
@@ -281,6 +283,17 @@ start_fw() { # VARIANT; sets FWPID
 		done
 		grep -q "ready (pid" "$POINT/fw.err" || { log "portcullis not ready after 60 s"; return 1; }
 		;;
+	haproxy-xdp)
+		clang-19 -O2 -target bpf -I"/usr/include/$(uname -m)-linux-gnu" -c "$here/bpf/xdp_pass.bpf.c" -o "$RUN/xdp_pass.o"
+		rm -f /sys/fs/bpf/pctls_xdp_pass
+		bpftool prog load "$RUN/xdp_pass.o" /sys/fs/bpf/pctls_xdp_pass type xdp
+		nsenter --net=/run/netns/$FW bpftool net attach xdpdrv pinned /sys/fs/bpf/pctls_xdp_pass dev tlfi
+		nsenter --net=/run/netns/$FW bpftool net attach xdpdrv pinned /sys/fs/bpf/pctls_xdp_pass dev tlfo
+		rm -f /sys/fs/bpf/pctls_xdp_pass
+		tproxy_rules 15002
+		nsenter --net=/run/netns/$FW taskset -c "$FW_CPU" haproxy -db -f "$RUN/haproxy.cfg" >"$POINT/fw.out" 2>"$POINT/fw.err" &
+		FWPID=$!
+		;;
 	haproxy)
 		tproxy_rules 15002
 		nsenter --net=/run/netns/$FW taskset -c "$FW_CPU" haproxy -db -f "$RUN/haproxy.cfg" >"$POINT/fw.out" 2>"$POINT/fw.err" &
@@ -345,6 +358,23 @@ point() {
 		stop_fw
 		topo_down
 		return 0
+	fi
+	# A filtering variant must really be in the path: alive, and a name without a rule must not pass
+	# (otherwise the kernel's plain forwarding would be measured under its name).
+	if [ "$v" != plain ]; then
+		local why=
+		if [ -z "$FWPID" ] || ! kill -0 "$FWPID" 2>/dev/null; then
+			why="exited: $(tail -3 "$POINT/fw.err" 2>/dev/null | tr '\n' ' ')"
+		elif cli curl -sk --max-time 5 --resolve "denied.lab.test:443:$SERVER" https://denied.lab.test/1k >/dev/null 2>&1; then
+			why="a name without a rule got through: not in the path"
+		fi
+		if [ -n "$why" ]; then
+			log "$v r$r: $why"
+			printf '%s\t%s\tFAILED\n' "$v" "$r" >>"$RESULTS"
+			stop_fw
+			topo_down
+			return 0
+		fi
 	fi
 	wait_quiet
 	# warm-up 1 s
