@@ -940,6 +940,10 @@ fn application_ports_dns_and_local_traffic_pass_to_the_host() {
     // TCP 8443 (an application rule's port), no network rule: the proxy's.
     expect(&plane, &P::tcp(CLIENT, SERVER, 46000, 8443, SYN), XDP_PASS);
     assert_eq!(counter(&plane, Counter::PassAppPort), 1);
+    // Later packets of that flow pass from the remembered decision, without the slow path.
+    expect(&plane, &P::tcp(CLIENT, SERVER, 46000, 8443, ACK), XDP_PASS);
+    assert_eq!(counter(&plane, Counter::HostHit), 1);
+    assert_eq!(counter(&plane, Counter::PassAppPort), 2);
     // UDP 8443 is not intercepted.
     expect(&plane, &P::udp(CLIENT, SERVER, 46001, 8443), XDP_DROP);
     // DNS to the appliance (UDP and TCP), management, replies to the host's own sockets.
@@ -950,6 +954,25 @@ fn application_ports_dns_and_local_traffic_pass_to_the_host() {
     expect(&plane, &P::tcp(SERVER, SNAT, 443, 35000, SYN | ACK), XDP_PASS);
     assert_eq!(counter(&plane, Counter::PassLocal), 4);
     assert!(plane.conntrack().unwrap().is_empty(), "host traffic is not tracked");
+    // The proxy gone: the remembered decision no longer passes an application port (fail closed).
+    let mut plane = plane;
+    plane.set_application_proxy(false).unwrap();
+    expect(&plane, &P::tcp(CLIENT, SERVER, 46000, 8443, ACK), XDP_DROP);
+    assert_eq!(counter(&plane, Counter::AppNoProxy), 1);
+    // A reload (new generation) decides again instead of trusting what was remembered.
+    plane.set_application_proxy(true).unwrap();
+    let hits = counter(&plane, Counter::HostHit);
+    plane
+        .load_policy(&policy, None, &portcullis_rules::NoResolutions)
+        .unwrap();
+    expect(&plane, &P::tcp(CLIENT, MGMT, 46004, 9100, ACK), XDP_PASS);
+    assert_eq!(
+        counter(&plane, Counter::HostHit),
+        hits,
+        "decided again after the reload"
+    );
+    expect(&plane, &P::tcp(CLIENT, MGMT, 46004, 9100, ACK), XDP_PASS);
+    assert_eq!(counter(&plane, Counter::HostHit), hits + 1);
 }
 
 #[test]

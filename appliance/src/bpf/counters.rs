@@ -63,6 +63,7 @@ class_counters! {
     PassDns => pass_dns,
     PassAppPort => pass_app_port,
     AppNoProxy => app_no_proxy,
+    HostHit => host_hit,
     SnatExhausted => snat_exhausted,
     SnatUnsupported => snat_unsupported,
     CtInsertFailed => ct_insert_failed,

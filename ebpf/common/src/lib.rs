@@ -135,11 +135,14 @@ pub enum Counter {
     /// runs (`FLAG_APP_PROXY` unset): dropped, because passing it to the host stack would let the
     /// kernel forward it unfiltered.
     AppNoProxy = 43,
+    /// A packet of a flow to the host stack passed from the remembered decision (`HOST_MAP`), without
+    /// the slow path.
+    HostHit = 44,
 }
 
 impl Counter {
     /// Number of counters; the `max_entries` of [`COUNTERS_MAP`].
-    pub const COUNT: u32 = 44;
+    pub const COUNT: u32 = 45;
 
     /// All counters, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -187,6 +190,7 @@ impl Counter {
         Counter::NoPolicy,
         Counter::TailCallFailed,
         Counter::AppNoProxy,
+        Counter::HostHit,
     ];
 
     /// The map index of this counter.
@@ -242,6 +246,7 @@ impl Counter {
             Counter::NoPolicy => "no_policy",
             Counter::TailCallFailed => "tail_call_failed",
             Counter::AppNoProxy => "app_no_proxy",
+            Counter::HostHit => "host_hit",
         }
     }
 
@@ -331,6 +336,14 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const NEIGH_MAP: &str = "NEIGH";
 pub const NEIGH_MAX_ENTRIES: u32 = 1024;
 pub const NEIGHBOUR_REQUEST_NS: u64 = 200_000_000;
+/// Flows handed to the host stack (the application proxy, its upstream sockets, DNS, the host itself)
+/// have no conntrack entry; their decision is remembered per tuple (`LruHashMap<CtKey, u64>`, value
+/// `generation << 2 | HOST_*`) so later packets skip the slow path until the policy changes.
+pub const HOST_MAP: &str = "HOST";
+pub const HOST_MAX_ENTRIES: u32 = 65_536;
+pub const HOST_LOCAL: u64 = 0;
+pub const HOST_DNS: u64 = 1;
+pub const HOST_APP: u64 = 2;
 
 // Per-policy maps. Each holds both sets: the set is part of the key (LPM keys start with the set
 // as a big-endian u32, array indexes are offset by set × size, hash keys carry it), so the program

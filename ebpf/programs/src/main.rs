@@ -49,8 +49,8 @@ use crate::{
     counters::count,
     csum::{Rewrite, rewrite},
     maps::{
-        ACTIVE, BITMAPS, CT, DST, EVENTS, GLOBALS, JUMP, LOCAL, NAT, NATSRC, PINS, PORTS, PRIVATE, RULE_STATS, RULES,
-        SETCFG, SRC, TI, set_key,
+        ACTIVE, BITMAPS, CT, DST, EVENTS, GLOBALS, HOST, JUMP, LOCAL, NAT, NATSRC, PINS, PORTS, PRIVATE, RULE_STATS,
+        RULES, SETCFG, SRC, TI, set_key,
     },
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Parsed, Pkt, TCP_ACK, TCP_FIN,
@@ -172,6 +172,26 @@ fn ipv4(ctx: &XdpContext, pkt: &Pkt, active: u32) -> u32 {
         && unsafe { (*v).generation } == generation
     {
         return established(ctx, pkt, &key, v, generation, None);
+    }
+    // A flow to the host stack decided under this generation: pass without the slow path (an
+    // application-port flow only while the proxy runs).
+    // SAFETY: the value is copied out right away.
+    if let Some(h) = unsafe { HOST.get(&key) }.copied()
+        && h >> 2 == u64::from(generation)
+        && (h & 3 != HOST_APP
+            || (g.flags & FLAG_APP_PROXY != 0
+                && (g.external_ifindex == 0 || ingress_ifindex(ctx) != g.external_ifindex)))
+    {
+        count(Counter::HostHit);
+        match h & 3 {
+            HOST_APP => count(Counter::PassAppPort),
+            HOST_DNS => {
+                count(Counter::PassLocal);
+                count(Counter::PassDns);
+            }
+            _ => count(Counter::PassLocal),
+        }
+        return xdp_action::XDP_PASS;
     }
     // New flow or re-classification: the second program (verified on its own; keeps this one,
     // the fast path, small).
@@ -686,18 +706,24 @@ fn new_flow(ctx: &XdpContext, pkt: &Pkt, key: &CtKey, g: &Globals, now: u64, gen
         0
     };
     let bytes = u64::from(pkt.tot_len);
+    let host = |kind: u64| {
+        let _ = HOST.insert(key, &((u64::from(generation) << 2) | kind), 0);
+    };
     match d.kind {
         Kind::PassLocal => {
             count(Counter::PassLocal);
+            host(HOST_LOCAL);
             return xdp_action::XDP_PASS;
         }
         Kind::PassDns => {
             count(Counter::PassLocal);
             count(Counter::PassDns);
+            host(HOST_DNS);
             return xdp_action::XDP_PASS;
         }
         Kind::PassApp => {
             count(Counter::PassAppPort);
+            host(HOST_APP);
             return xdp_action::XDP_PASS;
         }
         Kind::Deny => {

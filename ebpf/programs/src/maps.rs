@@ -25,6 +25,8 @@ pub static RULE_STATS: PerCpuArray<RuleStat> = PerCpuArray::with_max_entries(MAX
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 pub static NEIGH: LruHashMap<u32, u64> = LruHashMap::with_max_entries(NEIGH_MAX_ENTRIES, 0);
+#[map]
+pub static HOST: LruHashMap<CtKey, u64> = LruHashMap::with_max_entries(HOST_MAX_ENTRIES, 0);
 
 #[map]
 pub static SETCFG: Array<SetConfig> = Array::with_max_entries(2, 0);
