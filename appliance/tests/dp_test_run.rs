@@ -1398,3 +1398,94 @@ fn pinned_links_survive_close_and_are_replaced_in_place() {
     .join()
     .unwrap();
 }
+
+/// An ICMP error from `from` to `to` quoting the first 28 bytes (IPv4 header + 8 bytes of L4) of `quoted`.
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, kind: u8, code: u8, quoted: &P) -> Vec<u8> {
+    let q = quoted.frame();
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78]; // next-hop MTU 1400
+    icmp.extend_from_slice(&q[14..14 + 28]);
+    let c = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0, 0, 64, ICMP, 0, 0]);
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&to.octets());
+    let c = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// (outer src, outer dst, quoted src, quoted dst, quoted sport, quoted dport) of an ICMP error frame, after
+/// checking that the outer IPv4, quoted IPv4 and ICMP checksums are all valid.
+fn icmp_error_fields(f: &[u8]) -> (Ipv4Addr, Ipv4Addr, Ipv4Addr, Ipv4Addr, u16, u16) {
+    let ip4 = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    assert_eq!(checksum(&f[14..34], 0), 0, "outer IPv4 checksum");
+    assert_eq!(checksum(&f[34..], 0), 0, "ICMP checksum");
+    let q = &f[42..];
+    assert_eq!(checksum(&q[..20], 0), 0, "quoted IPv4 checksum");
+    (
+        ip4(&f[26..30]),
+        ip4(&f[30..34]),
+        ip4(&q[12..16]),
+        ip4(&q[16..20]),
+        u16::from_be_bytes([q[20], q[21]]),
+        u16::from_be_bytes([q[22], q[23]]),
+    )
+}
+
+#[test]
+fn icmp_errors_about_tracked_flows_are_translated_back_and_forwarded() {
+    require_privileged!();
+    let policy = std_policy();
+    let plane = open(&policy);
+    let router = Ipv4Addr::new(192, 0, 2, 254);
+    // A SNATed TCP flow; a router on the way to the server says "fragmentation needed" about a packet it
+    // saw after SNAT (SNAT:port → SERVER:443), addressed to the SNAT address.
+    let out = inspect(&expect(&plane, &P::tcp(CLIENT, SERVER, 40110, 443, SYN), XDP_PASS));
+    let sent = P::tcp(SNAT, SERVER, out.sport, 443, ACK);
+    let (v, f) = run(&plane, &icmp_error(router, SNAT, 3, 4, &sent));
+    assert!(forwarded(v), "{}", verdict_name(v));
+    assert_eq!(
+        icmp_error_fields(&f),
+        (router, CLIENT, CLIENT, SERVER, 40110, 443),
+        "the error reaches the client about the packet the client sent"
+    );
+    assert_eq!(counter(&plane, Counter::IcmpErrorRelated), 1);
+    // The same for UDP (time exceeded), with the quoted UDP checksum field rewritten too.
+    let out = inspect(&expect(&plane, &P::udp(CLIENT, SERVER, 40111, 53), XDP_PASS));
+    let sent = P::udp(SNAT, SERVER, out.sport, 53);
+    let (v, f) = run(&plane, &icmp_error(router, SNAT, 11, 0, &sent));
+    assert!(forwarded(v));
+    assert_eq!(icmp_error_fields(&f), (router, CLIENT, CLIENT, SERVER, 40111, 53));
+    // The client's own port unreachable about a reply: the outer source is SNATed like the flow.
+    let reply = P::udp(SERVER, CLIENT, 53, 40111);
+    let (v, f) = run(&plane, &icmp_error(CLIENT, SERVER, 3, 3, &reply));
+    assert!(forwarded(v));
+    assert_eq!(
+        icmp_error_fields(&f),
+        (SNAT, SERVER, SERVER, SNAT, 53, out.sport),
+        "seen from the Internet, about the packet the server sent"
+    );
+    assert_eq!(counter(&plane, Counter::IcmpErrorRelated), 3);
+    // About no tracked flow: not related (decided like any ICMP packet).
+    let stranger = P::tcp(SNAT, SERVER, 1, 443, ACK);
+    run(&plane, &icmp_error(router, SNAT, 3, 4, &stranger));
+    assert_eq!(counter(&plane, Counter::IcmpErrorRelated), 3);
+    // Repeated errors are related each time (never remembered as host traffic).
+    let sent = P::tcp(
+        SNAT,
+        SERVER,
+        inspect(&expect(&plane, &P::tcp(CLIENT, SERVER, 40112, 443, SYN), XDP_PASS)).sport,
+        443,
+        ACK,
+    );
+    for _ in 0..2 {
+        let (v, _) = run(&plane, &icmp_error(router, SNAT, 3, 4, &sent));
+        assert!(forwarded(v));
+    }
+    assert_eq!(counter(&plane, Counter::IcmpErrorRelated), 5);
+}

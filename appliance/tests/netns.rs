@@ -739,3 +739,43 @@ fn privileged_next_hops_without_a_neighbour_entry_are_resolved_not_handed_to_the
         .unwrap_or_else(|| panic!("no fib_no_neigh counter in {log}"));
     assert!(no_neigh >= 1, "{log}");
 }
+
+#[test]
+fn privileged_icmp_errors_about_snated_flows_reach_the_client() {
+    require_privileged!();
+    let r = start(Arms::Two, &[]);
+    // UDP to the server's port 7 is allowed (rule `udp-echo`) and SNATed, but nothing listens there now:
+    // the server answers ICMP port unreachable to the appliance's SNAT address. Related to the flow and
+    // translated back, it reaches the client, whose connected socket reports "connection refused"
+    // (without relating it would only time out).
+    let got = r
+        .lab
+        .spoke
+        .enter(|| -> std::io::Result<std::io::ErrorKind> {
+            let s = std::net::UdpSocket::bind((lab::CLIENT, 0))?;
+            s.connect(sa(lab::SERVER, 7))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut buf = [0u8; 64];
+            for _ in 0..3 {
+                s.send(b"anyone there?")?;
+                match s.recv(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return Ok(e.kind());
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(e) => return Ok(e.kind()),
+                    Ok(_) => return Ok(std::io::ErrorKind::Other),
+                }
+            }
+            Ok(std::io::ErrorKind::TimedOut)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        std::io::ErrorKind::ConnectionRefused,
+        "{}",
+        lab::tail(&r.daemon.stderr())
+    );
+}

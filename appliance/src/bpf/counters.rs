@@ -64,6 +64,7 @@ class_counters! {
     PassAppPort => pass_app_port,
     AppNoProxy => app_no_proxy,
     HostHit => host_hit,
+    IcmpErrorRelated => icmp_error_related,
     SnatExhausted => snat_exhausted,
     SnatUnsupported => snat_unsupported,
     CtInsertFailed => ct_insert_failed,

@@ -138,11 +138,14 @@ pub enum Counter {
     /// A packet of a flow to the host stack passed from the remembered decision (`HOST_MAP`), without
     /// the slow path.
     HostHit = 44,
+    /// An ICMP error (unreachable, fragmentation needed, time exceeded) about a tracked flow, translated
+    /// back like the flow's packets and forwarded.
+    IcmpErrorRelated = 45,
 }
 
 impl Counter {
     /// Number of counters; the `max_entries` of [`COUNTERS_MAP`].
-    pub const COUNT: u32 = 45;
+    pub const COUNT: u32 = 46;
 
     /// All counters, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -191,6 +194,7 @@ impl Counter {
         Counter::TailCallFailed,
         Counter::AppNoProxy,
         Counter::HostHit,
+        Counter::IcmpErrorRelated,
     ];
 
     /// The map index of this counter.
@@ -247,6 +251,7 @@ impl Counter {
             Counter::TailCallFailed => "tail_call_failed",
             Counter::AppNoProxy => "app_no_proxy",
             Counter::HostHit => "host_hit",
+            Counter::IcmpErrorRelated => "icmp_error_related",
         }
     }
 

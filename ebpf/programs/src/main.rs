@@ -30,6 +30,7 @@ mod counters;
 mod csum;
 mod deny;
 mod fwd;
+mod icmperr;
 mod maps;
 mod parse;
 
@@ -228,6 +229,12 @@ pub fn xdp_new_flow(ctx: XdpContext) -> u32 {
     let Some(g) = GLOBALS.get(0) else {
         return xdp_action::XDP_DROP;
     };
+    if pkt.proto == IPPROTO_ICMP
+        && icmperr::is_error(&pkt)
+        && let Some(verdict) = icmperr::related(&ctx, &pkt)
+    {
+        return verdict;
+    }
     let key = CtKey {
         src: pkt.saddr,
         dst: pkt.daddr,
@@ -706,8 +713,11 @@ fn new_flow(ctx: &XdpContext, pkt: &Pkt, key: &CtKey, g: &Globals, now: u64, gen
         0
     };
     let bytes = u64::from(pkt.tot_len);
+    // Only TCP/UDP: an ICMP error to the host must reach the slow path each time (`icmperr`).
     let host = |kind: u64| {
-        let _ = HOST.insert(key, &((u64::from(generation) << 2) | kind), 0);
+        if pkt.proto == IPPROTO_TCP || pkt.proto == IPPROTO_UDP {
+            let _ = HOST.insert(key, &((u64::from(generation) << 2) | kind), 0);
+        }
     };
     match d.kind {
         Kind::PassLocal => {
