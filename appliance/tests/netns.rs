@@ -779,3 +779,29 @@ fn privileged_icmp_errors_about_snated_flows_reach_the_client() {
         lab::tail(&r.daemon.stderr())
     );
 }
+
+/// README's first command: `portcullis lab` runs the embedded policy end to end (explanations, the XDP smoke
+/// test, then `portcullis run` in namespaces with real servers and clients, every outcome checked).
+#[test]
+fn privileged_lab_enforces_the_embedded_policy_end_to_end() {
+    if portcullis_e2e::skip(
+        portcullis_e2e::peers::proxy_fixtures_available().and_then(|()| portcullis::bpf::privileged_env()),
+    ) {
+        return;
+    }
+    let out = cmd::run(Command::new(BIN).arg("lab"), Duration::from_secs(240)).expect("portcullis lab");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(out.success(), "{text}");
+    assert!(!text.contains("[FAIL]"), "{text}");
+    assert!(!text.contains("skipped"), "nothing may be skipped here: {text}");
+    for needle in [
+        "== enforcement: `portcullis run`",
+        "[ ok ] HTTPS mcr.microsoft.com: allowed by the FQDN tag AzureKubernetesService",
+        "[ ok ] HTTP example.com: status 470",
+        "[ ok ] Internet to 192.0.2.1:443: DNAT to the ingress",
+        "\"Category\":\"AZFWApplicationRule\"",
+        "application proxy: {",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
