@@ -1489,3 +1489,44 @@ fn icmp_errors_about_tracked_flows_are_translated_back_and_forwarded() {
     }
     assert_eq!(counter(&plane, Counter::IcmpErrorRelated), 5);
 }
+
+#[test]
+fn dnat_reload_to_another_backend_cuts_the_old_flows() {
+    require_privileged!();
+    let policy = dnat_policy();
+    let mut plane = open(&policy);
+    let first = P::tcp(INTERNET_CLIENT, SNAT, 50100, 8080, SYN);
+    assert_eq!(inspect(&expect(&plane, &first, XDP_PASS)).dst, BACKEND);
+    expect(&plane, &P::tcp(BACKEND, INTERNAL, 80, 50100, SYN | ACK), XDP_PASS);
+    // The same policy again: the flow keeps its backend.
+    plane
+        .load_policy(&policy, None, &portcullis_rules::NoResolutions)
+        .unwrap();
+    let ack = P::tcp(INTERNET_CLIENT, SNAT, 50100, 8080, ACK);
+    assert_eq!(inspect(&expect(&plane, &ack, XDP_PASS)).dst, BACKEND);
+    // The rule now translates to another backend: the open flow is cut (it cannot move mid-stream), in
+    // both directions, and new flows go to the new backend.
+    let moved = Ipv4Addr::new(10, 2, 0, 8);
+    let yaml = policy_yaml(
+        &[(
+            "DNAT",
+            &[&format!(
+                "{{ruleType: NatRule, name: web, ipProtocols: [TCP], sourceAddresses: [198.51.100.0/24], destinationAddresses: [{SNAT}], destinationPorts: [\"8080\"], translatedAddress: {moved}, translatedPort: \"80\"}}"
+            )],
+        )],
+        "",
+    );
+    plane
+        .load_policy(&load_policy(&yaml), None, &portcullis_rules::NoResolutions)
+        .unwrap();
+    let cut_before = counter(&plane, Counter::ReclassifiedDenied);
+    expect(&plane, &P::tcp(BACKEND, INTERNAL, 80, 50100, ACK), XDP_DROP);
+    expect(&plane, &ack, XDP_PASS); // no entry any more: a new decision, to the new backend
+    assert_eq!(counter(&plane, Counter::ReclassifiedDenied), cut_before + 1);
+    let again = inspect(&expect(
+        &plane,
+        &P::tcp(INTERNET_CLIENT, SNAT, 50101, 8080, SYN),
+        XDP_PASS,
+    ));
+    assert_eq!(again.dst, moved);
+}

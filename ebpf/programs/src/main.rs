@@ -346,6 +346,20 @@ fn live(pkt: &Pkt, key: &CtKey, v: *mut CtValue, g: &Globals, now: u64) -> bool 
     true
 }
 
+/// Whether the DNAT flow of entry `v` (either direction; `peer` is the other) is translated to the
+/// address and port decision `d` translates to.
+#[inline(always)]
+fn same_translation(v: &CtValue, peer: &CtKey, d: &Dec) -> bool {
+    if v.flags & CT_REPLY == 0 {
+        return v.new_dst == d.xaddr && v.new_dport == d.xport;
+    }
+    // SAFETY: the value is copied out right away.
+    match unsafe { CT.get(peer) } {
+        Some(o) => o.new_dst == d.xaddr && o.new_dport == d.xport,
+        None => false,
+    }
+}
+
 /// The fast path. `reclassified`: the original tuple and its new decision, when the policy
 /// generation changed since the flow was classified.
 #[inline(always)]
@@ -366,7 +380,8 @@ fn established(
         count(Counter::Reclassified);
         let keep = match d.kind {
             Kind::Allow => v.stage == STAGE_NETWORK,
-            Kind::Dnat => v.stage == STAGE_DNAT,
+            // Still DNAT, and to the same backend: a flow cannot move to another one mid-stream.
+            Kind::Dnat => v.stage == STAGE_DNAT && same_translation(v, &peer, d),
             _ => false,
         };
         if !keep {
