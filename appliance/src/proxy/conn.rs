@@ -243,26 +243,15 @@ async fn tls(
         relay::reset(&stream);
         return End::Done;
     };
-    let name = if stage == Stage::Application {
-        flow.destination_name.clone()
-    } else {
-        None
-    };
-    let upstream = match dial(sh, name.as_ref(), orig).await {
+    let (upstream, up_addr) = match dial(sh, stage, &flow, orig).await {
         Ok(u) => u,
         Err(why) => {
-            let mut d = decision;
-            d.reason = format!("{} Upstream: {why}", d.reason);
-            record(sh, event(d, None));
+            record(sh, event(upstream_failed(decision, &why), None));
             relay::reset(&stream);
             return End::Done;
         }
     };
-    let up_addr = match upstream.peer_addr() {
-        Ok(std::net::SocketAddr::V4(a)) => Some(a),
-        _ => None,
-    };
-    record(sh, event(decision, up_addr));
+    record(sh, event(decision, Some(up_addr)));
     relay_checked(sh, &stream, &upstream, &flow).await;
     End::Done
 }
@@ -330,9 +319,25 @@ enum DialError {
     ConnectTimeout(SocketAddrV4, Duration),
 }
 
-/// Connects to `name` as the appliance resolves it (or to `orig`'s address when there is no name: a
-/// network-rule flow), on `orig`'s port, from the appliance's address.
-async fn dial(sh: &Shared, name: Option<&Name>, orig: SocketAddrV4) -> Result<TcpStream, DialError> {
+/// The decision, with why its upstream connection failed (the flow log's reason).
+fn upstream_failed(mut d: Decision, why: &DialError) -> Decision {
+    d.reason = format!("{} Upstream: {why}", d.reason);
+    d
+}
+
+/// Connects where an allowed flow goes, from the appliance's address, on `orig`'s port: an application
+/// rule's flow to its name as the appliance resolves it (the client's destination is ignored), a network
+/// rule's flow to `orig` itself. Returns the stream and the address connected to.
+async fn dial(
+    sh: &Shared,
+    stage: Stage,
+    flow: &Flow,
+    orig: SocketAddrV4,
+) -> Result<(TcpStream, SocketAddrV4), DialError> {
+    let name = match stage {
+        Stage::Application => flow.destination_name.as_ref(),
+        _ => None,
+    };
     let s = &sh.stats;
     let deadline = Instant::now() + sh.timeouts.connect;
     let addrs = match name {
@@ -356,7 +361,7 @@ async fn dial(sh: &Shared, name: Option<&Name>, orig: SocketAddrV4) -> Result<Tc
             Ok(Ok(stream)) => {
                 s.inc(&s.upstream_connections);
                 let _ = stream.set_nodelay(true);
-                return Ok(stream);
+                return Ok((stream, to));
             }
             Ok(Err(e)) => last = Some(DialError::Connect(to, e)),
             Err(_) => {
@@ -383,6 +388,8 @@ async fn connect(source: Option<Ipv4Addr>, to: SocketAddrV4) -> std::io::Result<
 /// The upstream of an HTTP connection, for one host.
 struct Upstream {
     stream: Arc<TcpStream>,
+    /// Where it is connected (the flow log's UpstreamIp).
+    addr: SocketAddrV4,
     /// Name (or address, for a network-rule flow) and port requests on it are for.
     key: (String, u16),
     /// Set when the proxy half-closes it to switch hosts: its EOF must not end the client connection.
@@ -501,13 +508,20 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
                 s.inc(&s.denied_unparsable);
                 if allowed_where(&d) == Some(Stage::Network) {
                     // A network rule allows this flow: relay it as such (it reached the proxy in a race).
-                    record(sh, http_event(client, orig, None, None, d.clone(), None));
-                    if let Ok(up) = dial(sh, None, orig).await {
-                        if let Some(u) = upstream.take() {
-                            u.finish(sh.timeouts.idle).await;
+                    if let Some(u) = upstream.take() {
+                        u.finish(sh.timeouts.idle).await;
+                    }
+                    match dial(sh, Stage::Network, &flow, orig).await {
+                        Ok((up, to)) => {
+                            record(sh, http_event(client, orig, None, None, d, Some(to)));
+                            if relay::write_all(&up, &pending).await.is_ok() {
+                                relay_checked(sh, stream, &up, &flow).await;
+                            }
                         }
-                        relay::write_all(&up, &pending).await.ok();
-                        relay_checked(sh, stream, &up, &flow).await;
+                        Err(why) => {
+                            record(sh, http_event(client, orig, None, None, upstream_failed(d, &why), None));
+                            relay::reset(stream);
+                        }
                     }
                     return End::Done;
                 }
@@ -572,27 +586,20 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
             if let Some(u) = upstream.take() {
                 u.finish(sh.timeouts.idle).await;
             }
-            let name = if stage == Stage::Application {
-                flow.destination_name.clone()
-            } else {
-                None
-            };
-            let up = match dial(sh, name.as_ref(), orig).await {
-                Ok(up) => up,
+            let up = match dial(sh, stage, &flow, orig).await {
+                Ok((up, to)) => {
+                    record(sh, http_event(client, orig, host_text, url, decision, Some(to)));
+                    up
+                }
                 Err(why) => {
-                    let mut d = decision;
-                    d.reason = format!("{} Upstream: {why}", d.reason);
-                    record(sh, http_event(client, orig, host_text, url, d, None));
-                    let _ = relay::write_all(stream, BAD_GATEWAY).await;
-                    linger_close(stream).await;
-                    return End::Done;
+                    return bad_gateway(
+                        sh,
+                        stream,
+                        http_event(client, orig, host_text, url, upstream_failed(decision, &why), None),
+                    )
+                    .await;
                 }
             };
-            let up_addr = match up.peer_addr() {
-                Ok(std::net::SocketAddr::V4(a)) => Some(a),
-                _ => None,
-            };
-            record(sh, http_event(client, orig, host_text, url, decision, up_addr));
             upgrade(sh, stream, &up, *client.ip(), &head, pending, &flow).await;
             return End::Done;
         }
@@ -602,13 +609,8 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
             u.finish(sh.timeouts.idle).await;
         }
         if upstream.is_none() {
-            let name = if stage == Stage::Application {
-                flow.destination_name.clone()
-            } else {
-                None
-            };
-            match dial(sh, name.as_ref(), orig).await {
-                Ok(up) => {
+            match dial(sh, stage, &flow, orig).await {
+                Ok((up, addr)) => {
                     let up = Arc::new(up);
                     let switching = Arc::new(AtomicBool::new(false));
                     let down = {
@@ -623,6 +625,7 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
                     };
                     upstream = Some(Upstream {
                         stream: up,
+                        addr,
                         key,
                         switching,
                         down,
@@ -630,23 +633,19 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
                     });
                 }
                 Err(why) => {
-                    let mut d = decision;
-                    d.reason = format!("{} Upstream: {why}", d.reason);
-                    record(sh, http_event(client, orig, host_text, url, d, None));
-                    let _ = relay::write_all(stream, BAD_GATEWAY).await;
-                    linger_close(stream).await;
-                    return End::Done;
+                    return bad_gateway(
+                        sh,
+                        stream,
+                        http_event(client, orig, host_text, url, upstream_failed(decision, &why), None),
+                    )
+                    .await;
                 }
             }
         }
         let Some(up) = upstream.as_ref() else {
             return End::Closed;
         };
-        let up_addr = match up.stream.peer_addr() {
-            Ok(std::net::SocketAddr::V4(a)) => Some(a),
-            _ => None,
-        };
-        record(sh, http_event(client, orig, host_text, url, decision, up_addr));
+        record(sh, http_event(client, orig, host_text, url, decision, Some(up.addr)));
         // The head, with X-Forwarded-For, then exactly the body.
         let rewritten = http_head::with_forwarded_for(&pending[..head.head_len], &head, *client.ip());
         pending.drain(..head.head_len);
@@ -800,6 +799,14 @@ async fn close_http(upstream: Option<Upstream>, client: &TcpStream, sh: &Shared)
         u.finish(sh.timeouts.idle).await;
     }
     relay::shutdown_write(client);
+    End::Done
+}
+
+/// Records `event` (an allowed request whose upstream failed) and answers 502.
+async fn bad_gateway(sh: &Shared, client: &TcpStream, event: AppEvent) -> End {
+    record(sh, event);
+    let _ = relay::write_all(client, BAD_GATEWAY).await;
+    linger_close(client).await;
     End::Done
 }
 
