@@ -254,6 +254,12 @@ impl Policy {
         d
     }
 
+    /// A denial by the application stage for a reason found before any rule could be asked (bytes the
+    /// proxy cannot read as a ClientHello or request head), in the shape of the pipeline's own denials.
+    pub fn application_denial(&self, reason: String) -> Decision {
+        self.application_deny(&mut NoTrace, reason, Vec::new())
+    }
+
     pub fn evaluate<T: Tracer>(&self, flow: &Flow, env: &Env<'_>, t: &mut T) -> Decision {
         self.run(&Linear, flow, env, t)
     }

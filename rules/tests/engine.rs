@@ -595,3 +595,17 @@ fn json_policies_load_with_positions() {
         "{e}"
     );
 }
+
+#[test]
+fn application_denial_has_the_pipelines_shape() {
+    let p = policy(&app_policy(&["a.example"]));
+    let d = p.application_denial("Malformed ClientHello: truncated extension.".into());
+    assert_eq!((d.verdict, d.stage), (Verdict::Deny, Stage::Application));
+    assert_eq!(d.policy.as_deref(), Some(p.name.as_str()));
+    assert_eq!(d.rule, None);
+    assert_eq!(d.reason, "Malformed ClientHello: truncated extension.");
+    // The same as the pipeline gives for a hello without a name.
+    let no_sni = decide(&p, &flow("198.18.1.10", "203.0.113.10", 443, Protocol::Https));
+    let same = p.application_denial(no_sni.reason.clone());
+    assert_eq!((same.verdict, same.stage, same.policy), (no_sni.verdict, no_sni.stage, no_sni.policy));
+}

@@ -127,23 +127,6 @@ fn record(sh: &Shared, ev: AppEvent) {
     (sh.sink)(ev);
 }
 
-fn deny(reason: String) -> Decision {
-    Decision {
-        verdict: Verdict::Deny,
-        stage: Stage::Application,
-        policy: None,
-        rule_collection_group: None,
-        rule_collection: None,
-        rule: None,
-        rule_index: None,
-        reason,
-        translated: None,
-        snat: None,
-        alerts: Vec::new(),
-        trace: Vec::new(),
-    }
-}
-
 fn allowed_where(d: &Decision) -> Option<Stage> {
     match (d.verdict, d.stage) {
         (Verdict::Allow, s @ (Stage::Application | Stage::Network)) => Some(s),
@@ -224,7 +207,7 @@ async fn tls(
                         "Not a TLS ClientHello on an intercepted port.".to_owned()
                     }
                 };
-                deny(reason)
+                compiled.policy.application_denial(reason)
             }
         }
     };
@@ -503,7 +486,7 @@ async fn http(stream: TcpStream, client: SocketAddrV4, orig: SocketAddrV4, sh: &
                     flow.protocol = Protocol::Tcp;
                     compiled.decide(&flow)
                 } else {
-                    deny(format!("{e}."))
+                    compiled.policy.application_denial(format!("{e}."))
                 };
                 s.inc(&s.denied_unparsable);
                 if allowed_where(&d) == Some(Stage::Network) {
