@@ -607,5 +607,8 @@ fn application_denial_has_the_pipelines_shape() {
     // The same as the pipeline gives for a hello without a name.
     let no_sni = decide(&p, &flow("198.18.1.10", "203.0.113.10", 443, Protocol::Https));
     let same = p.application_denial(no_sni.reason.clone());
-    assert_eq!((same.verdict, same.stage, same.policy), (no_sni.verdict, no_sni.stage, no_sni.policy));
+    assert_eq!(
+        (same.verdict, same.stage, same.policy),
+        (no_sni.verdict, no_sni.stage, no_sni.policy)
+    );
 }
