@@ -615,7 +615,21 @@ fn privileged_reload_to_deny_cuts_proxied_connections() {
     let c = peers::curl_http(&lab.spoke, &format!("http://{WEB}/"), &["Host: a.lab.test"], ANSWER).unwrap();
     assert_eq!(c.status, Some(470), "{c:?}");
     assert!(d.stop(STOP).unwrap());
-    assert!(d.stderr().contains("\"cut_by_reload\":1"), "{}", d.stderr());
+    let log = d.stderr();
+    assert!(log.contains("\"cut_by_reload\":1"), "{log}");
+    // Every decision reached the flow log through the writer thread, none dropped.
+    assert!(log.contains("\"flow_records_lost\":0"), "{log}");
+    let written = std::fs::read_to_string(lab.dir.join("flows.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|f| f["Category"] == "AZFWApplicationRule")
+        .count();
+    assert!(written >= 2, "{written} application records");
+    assert!(
+        log.contains(&format!("\"flow_records_written\":{written}")),
+        "{written}: {log}"
+    );
 }
 
 /// Writes `bytes` from `ns` to `to` in `pieces` writes `gap` apart (no Nagle), then returns what comes back

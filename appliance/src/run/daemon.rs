@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
@@ -32,7 +32,14 @@ type SharedLog = Arc<Mutex<FlowLog>>;
 struct AppProxy {
     proxy: Proxy,
     steering: Steering,
+    /// Writes the proxy's flow records, so a slow log file never stalls a proxy thread.
+    writer: thread::JoinHandle<u64>,
+    /// Records dropped because the writer's queue was full (counted, never blocking a connection).
+    lost: Arc<AtomicU64>,
 }
+
+/// Proxy flow records queued for the writer thread at most.
+const APP_LOG_QUEUE: usize = 16_384;
 
 impl AppProxy {
     fn start(
@@ -52,20 +59,44 @@ impl AppProxy {
         config.listen.set_port(opts.proxy_port);
         config.timeouts = opts.proxy_timeouts;
         config.limits = opts.proxy_limits;
-        let sink: EventSink = Arc::new(move |event| {
-            let record = flowlog::AppRecord::new(&event, SystemTime::now());
-            let mut out = log.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = out.write(&record) {
-                log_write_error(&e);
-            }
-        });
+        let (tx, rx) = mpsc::sync_channel::<flowlog::AppRecord>(APP_LOG_QUEUE);
+        let writer = thread::Builder::new()
+            .name("proxy-flow-log".into())
+            .spawn(move || {
+                let mut written = 0u64;
+                for record in rx {
+                    let mut out = log.lock().unwrap_or_else(|p| p.into_inner());
+                    match out.write(&record) {
+                        Ok(()) => written += 1,
+                        Err(e) => log_write_error(&e),
+                    }
+                }
+                written
+            })
+            .map_err(RunError::Signals)?;
+        let lost = Arc::new(AtomicU64::new(0));
+        let sink: EventSink = {
+            let lost = lost.clone();
+            Arc::new(move |event| {
+                let record = flowlog::AppRecord::new(&event, SystemTime::now());
+                let sent = tx.try_send(record);
+                if sent.is_err() && lost.fetch_add(1, Ordering::Relaxed) == 0 {
+                    super::log("proxy flow records dropped: the flow log does not keep up (counted; total at stop)");
+                }
+            })
+        };
         let proxy = Proxy::start(config, policy.clone(), feed, sink)?;
         let spec = Spec {
             interfaces: vec![settings.internal.clone()],
             listen_port: opts.proxy_port,
         };
         match Steering::install(spec, app_ports(policy)) {
-            Ok(steering) => Ok(Self { proxy, steering }),
+            Ok(steering) => Ok(Self {
+                proxy,
+                steering,
+                writer,
+                lost,
+            }),
             Err(e) => {
                 proxy.stop(Duration::ZERO);
                 Err(e.into())
@@ -73,13 +104,30 @@ impl AppProxy {
         }
     }
 
-    /// Stops the proxy (bounded drain), then the steering. Returns the proxy's counters as JSON.
+    /// Stops the proxy (bounded drain), then the steering; the writer drains what is queued. Returns the
+    /// proxy's counters and its flow records written and lost, as JSON.
     fn stop(self) -> String {
         let stats = self.proxy.stop(PROXY_DRAIN);
         if let Err(e) = self.steering.remove() {
             log(format!("removing the proxy steering: {}", chain(&e)));
         }
-        serde_json::to_string(&stats).unwrap_or_default()
+        // The proxy (and with it the sending side) is gone: the writer ends once its queue is empty.
+        let deadline = Instant::now() + EVENT_THREAD_JOIN;
+        while !self.writer.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let written = if self.writer.is_finished() {
+            self.writer.join().unwrap_or(0)
+        } else {
+            log("proxy flow-log writer did not finish in time");
+            0
+        };
+        let mut value = serde_json::to_value(&stats).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("flow_records_written".into(), written.into());
+            map.insert("flow_records_lost".into(), self.lost.load(Ordering::Relaxed).into());
+        }
+        value.to_string()
     }
 }
 
